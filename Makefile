@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   -> .venv + install + `recsys quickstart`
 #   make test   -> .venv + install + Redis on 127.0.0.1:6379 + pytest (Kafka broker comes from a pytest fixture)

@@ -198,3 +198,21 @@ def unique_name() -> Callable[[str], str]:
 # =============================================================================
 # 2. Synthetic data fixtures (appended below)
 # =============================================================================
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic KuaiLive dataset at the ``tiny`` scale (seed 0), generated once per session. Read-only."""
+    from recsys.data.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("kuailive-tiny")
+    generate(out, SynthConfig(scale="tiny", seed=0), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_dir: Path):
+    """The tiny dataset loaded and validated (``KuaiLiveData``). Read-only."""
+    from recsys.data.loaders import load_kuailive
+
+    return load_kuailive(tiny_dir)

@@ -27,8 +27,9 @@ def _composite(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times:
         _, inv = np.unique(np.concatenate([keys, q_keys]), return_inverse=True)
     inv = inv.ravel().astype(np.int64)
     ek, qk = inv[: len(times)], inv[len(times):]
-    origin = min(int(np.min(times, initial=0)), int(np.min(q_times, initial=0))) - 1
-    span = max(int(np.max(times, initial=0)), int(np.max(q_times, initial=0))) - origin + 2
+    all_t = np.concatenate([np.asarray(times, dtype=np.int64), np.asarray(q_times, dtype=np.int64)])
+    origin = int(all_t.min(initial=0 if all_t.size == 0 else int(all_t[0]))) - 1
+    span = int(all_t.max(initial=origin)) - origin + 2
     if span >= 1 << _SHIFT:
         raise ValueError("timestamps span more than 2**36 ms")
     ec = (ek << _SHIFT) | (np.asarray(times, dtype=np.int64) - origin)

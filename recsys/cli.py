@@ -1,0 +1,240 @@
+"""The ``recsys`` command line.
+
+Verbs follow DESIGN.md: ``data synth|validate|stats|build``, ``ingest``, ``train ranker|retrieval|tpp|allocator``,
+``evaluate``, ``replay``, ``ope``, ``serve``, ``bench``, ``quickstart``, plus ``doctor`` (service checks).
+
+Layering: ``recsys`` never imports ``pipelines`` or ``serving`` at module level. Jobs are resolved by dotted name
+(``"pipelines.quickstart:run_quickstart"``) when their verb runs, like entry points, so ``recsys`` stays the base
+layer and a verb costs nothing until it is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from recsys.config import PlatformConfig, load_config
+
+#: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
+PENDING: dict[str, tuple[int, str]] = {
+    "ingest": (3, "Kafka/in-process event replay into the Redis/in-memory feature store"),
+    "train ranker": (4, "TokenMixer / RankMixer multi-task ranker and baselines"),
+    "train retrieval": (5, "GRank generate->rank retrieval and baselines"),
+    "train tpp": (6, "streaming PromptTPP temporal point processes"),
+    "train allocator": (7, "SL-MGAC live-stream allocation policy"),
+    "evaluate": (4, "model evaluation on the KuaiLive protocols"),
+    "replay": (7, "offline replay of logged decisions"),
+    "ope": (7, "off-policy evaluation with a report"),
+    "serve": (8, "the FastAPI retrieve -> rank -> allocate service"),
+}
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``recsys: error: ...`` with exit code 2 (bad usage) or 1 (failed)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def resolve(target: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function (imported on use)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# --------------------------------------------------------------------------------------------------------- handlers
+def cmd_data_synth(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    from recsys.data.synthetic import SynthConfig, generate
+
+    out = Path(args.out) if args.out else cfg.data.synthetic_dir / args.scale
+    res = generate(out, SynthConfig(scale=args.scale, seed=args.seed), progress=not args.quiet)
+    for k, v in res.counts.items():
+        print(f"{k:>18}: {v:,}")
+    print(f"wrote synthetic KuaiLive ({args.scale}, seed {args.seed}) to {out} in {res.wall_s:.1f} s")
+    return 0
+
+
+def _data_dir(args: argparse.Namespace, cfg: PlatformConfig) -> Path:
+    if args.data:
+        return Path(args.data)
+    for candidate in (cfg.data.data_dir, cfg.data.synthetic_dir / cfg.data.scale, cfg.data.synthetic_dir / "tiny"):
+        if candidate.is_dir():
+            return candidate
+    raise CliError(
+        f"no dataset found (looked in {cfg.data.data_dir} and {cfg.data.synthetic_dir}/<scale>); place the real "
+        "KuaiLive files in data/kuailive (see data/README.md), run `recsys data synth`, or pass --data DIR", 2
+    )
+
+
+def cmd_data_validate(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    from recsys.data.loaders import load_kuailive
+
+    root = _data_dir(args, cfg)
+    data = load_kuailive(root, cache_dir=None)  # validation always reads the CSVs themselves
+    for stem, df in data.tables.items():
+        print(f"  ok  {stem:<10} {df.height:>12,} rows")
+    if data.title_embeddings is not None:
+        print(f"  ok  title_embeddings {data.title_embeddings.shape}")
+    else:
+        print("  --  title_embeddings: none found (title_embeddings*.np[yz]); models fall back to no title features")
+    if data.room_violations is not None and data.room_violations.height:
+        print(f"  !!  room.csv: {data.room_violations.height:,} live_ids have inconsistent attributes across "
+              f"p_date rows (first: {data.room_violations['live_id'][0]})")
+    print(f"{root}: valid KuaiLive dataset")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    from recsys.data.loaders import load_kuailive
+    from recsys.data.stats import stats_report
+
+    root = _data_dir(args, cfg)
+    print(stats_report(load_kuailive(root, cache_dir=cfg.data.cache_dir, with_embeddings=False)))
+    return 0
+
+
+def cmd_data_build(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    from recsys.data.loaders import load_kuailive
+
+    root = _data_dir(args, cfg)
+    data = load_kuailive(root, cache_dir=cfg.data.cache_dir, with_embeddings=False)
+    truth = root / "truth"
+    res = resolve("pipelines.datasets:build_datasets")(
+        data, args.out, truth_dir=truth if truth.is_dir() else None, n_negatives=args.negatives, seed=args.seed,
+    )
+    for k, v in res.counts.items():
+        print(f"{k:>28}: {v:,}")
+    for k, v in res.oracle.items():
+        print(f"{'oracle.' + k:>28}: {v:.4f}")
+    print(f"datasets written to {res.out_dir}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    if args.no_mlflow:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    res = resolve("pipelines.quickstart:run_quickstart")(cfg, out_dir=args.out, scale=args.scale, seed=args.seed)
+    print(f"quickstart done: {sum(res.stage_s.values()):.1f} s over stages "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in res.stage_s.items()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    from recsys.bench import bench_result, write_result
+
+    benchmarks = resolve("pipelines.benchmarks:BENCHMARKS")
+    if args.name not in benchmarks:
+        raise CliError(f"unknown benchmark {args.name!r}; available: {', '.join(sorted(benchmarks))}", 2)
+    device, metrics = benchmarks[args.name](args.scale)
+    print(write_result(bench_result(args.name, args.scale, device, metrics), args.out))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    from recsys.services import check_kafka, check_redis
+
+    statuses = [check_redis(cfg.services.redis_url)]
+    if cfg.services.kafka_bootstrap:
+        statuses.append(check_kafka(cfg.services.kafka_bootstrap))
+    else:
+        print("  --  kafka: not configured (embedded in-process replay is used)")
+    for s in statuses:
+        lat = f" {s.latency_ms:.1f} ms" if s.latency_ms is not None else ""
+        print(f"  {'ok' if s.ok else 'XX'}  {s.name} at {s.address}{lat}: {s.detail}")
+    print(f"  ok  mlflow tracking uri: {cfg.tracking.tracking_uri}")
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _pending(verb: str) -> Callable[[argparse.Namespace, PlatformConfig], int]:
+    issue, what = PENDING[verb]
+
+    def handler(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+        raise CliError(f"`recsys {verb}` ({what}) is not available yet: it lands with issue #{issue}.", 2)
+
+    return handler
+
+
+# --------------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsys", description="Live-streaming recommendation platform on KuaiLive.")
+    p.add_argument("--config", help="YAML config file (RECSYS_SECTION__FIELD env vars override it)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="KuaiLive files: synthesize, validate, describe, build datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = dsub.add_parser("synth", help="write a synthetic KuaiLive dataset with ground truth")
+    s.add_argument("--scale", choices=["tiny", "small", "full"], default="tiny")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="output directory (default: data/synthetic/<scale>)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_data_synth)
+    for name, func, helptext in (("validate", cmd_data_validate, "check every file's schema and values"),
+                                 ("stats", cmd_data_stats, "print the paper's Table 2 for a dataset")):
+        v = dsub.add_parser(name, help=helptext)
+        v.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+        v.set_defaults(func=func)
+    b = dsub.add_parser("build", help="CTR samples, top-K eval sets, sequences, TPP windows")
+    b.add_argument("--data", help="dataset directory")
+    b.add_argument("--out", default="runs/datasets")
+    b.add_argument("--negatives", type=int, default=10_000, help="live-at-t negatives per top-K target")
+    b.add_argument("--seed", type=int, default=42)
+    b.set_defaults(func=cmd_data_build)
+
+    q = sub.add_parser("quickstart", help="the whole platform on small synthetic data and embedded defaults")
+    q.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow")
+    q.set_defaults(func=cmd_quickstart)
+
+    be = sub.add_parser("bench", help="run a benchmark and print its JSON result")
+    be.add_argument("name", help="benchmark name, e.g. synth")
+    be.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
+    be.add_argument("--out", help="also write the JSON result to this file")
+    be.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("doctor", help="check that the configured Redis / Kafka / MLflow answer")
+    d.set_defaults(func=cmd_doctor)
+
+    train = sub.add_parser("train", help="train a model (ranker, retrieval, tpp, allocator)")
+    tsub = train.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+    for model in ("ranker", "retrieval", "tpp", "allocator"):
+        t = tsub.add_parser(model, help=PENDING[f"train {model}"][1])
+        t.set_defaults(func=_pending(f"train {model}"))
+    for verb in ("ingest", "evaluate", "replay", "ope", "serve"):
+        sub.add_parser(verb, help=PENDING[verb][1]).set_defaults(func=_pending(verb))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+        return int(args.func(args, cfg) or 0)
+    except CliError as exc:
+        print(f"recsys: error: {exc}", file=sys.stderr)
+        return exc.code
+    except Exception as exc:  # boundary: clear message for bad input, no traceback unless -v
+        from pydantic import ValidationError
+
+        from recsys.data.errors import DataValidationError
+
+        if isinstance(exc, (DataValidationError, ValidationError, FileNotFoundError, ValueError)):
+            if args.verbose:
+                raise
+            print(f"recsys: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

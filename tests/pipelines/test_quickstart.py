@@ -1,0 +1,34 @@
+"""`recsys quickstart` runs every landed stage on embedded defaults and leaves a readable MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.config import PlatformConfig, TrackingConfig
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.quickstart import run_quickstart
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = PlatformConfig(tracking=TrackingConfig(tracking_uri=uri, artifact_location=str(tmp_path / "artifacts"),
+                                                 experiment="qs-test"))
+    lines: list[str] = []
+    res = run_quickstart(cfg, out_dir=tmp_path / "qs", scale="tiny", seed=3, echo=lines.append)
+    assert 0.75 <= res.oracle["auc"] <= 0.92
+    assert res.stats["#Users"] == 95
+    assert (res.datasets_dir / "ctr_samples.parquet").exists()
+    assert (res.datasets_dir / "topk_streamer" / "neg_items.npy").exists()
+    assert any("#Users" in line for line in lines)
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["oracle.auc"] == pytest.approx(res.oracle["auc"])
+    assert run.data.params["scale"] == "tiny"
+    assert "stats.txt" in {a.path for a in client.list_artifacts(res.run_id)}
