@@ -19,7 +19,8 @@ ENV_PREFIX = "RECSYS_"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # env values are YAML-parsed, so RECSYS_TRACKING__EXPERIMENT=2025 arrives as an int: accept it for str fields
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class DataConfig(_Section):

@@ -1,0 +1,176 @@
+"""The ``recsys`` command line, called in-process: data synth/validate/stats, pending verbs, argparse errors, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recsys.cli import PENDING, main
+from recsys.data.synthetic import SynthConfig, SynthResult, generate
+
+TABLE2_HEADER = ("#Users", "#Streamers", "#Rooms", "#Interactions", "#Clicks", "#Comments", "#Likes", "#Gifts")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run every CLI call from tmp_path, with no config env vars but tracking disabled."""
+    for name in list(os.environ):
+        if name.startswith("RECSYS_") and "__" in name:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RECSYS_TRACKING__ENABLED", "false")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
+    return generate(tmp_path_factory.mktemp("cli-tiny") / "data", SynthConfig(scale="tiny", seed=5), progress=False)
+
+
+@pytest.fixture
+def data_dir(tiny: SynthResult, tmp_path: Path) -> Path:
+    dst = tmp_path / "kuailive"
+    shutil.copytree(tiny.out_dir, dst, ignore=shutil.ignore_patterns("truth"))
+    return dst
+
+
+def _rewrite(path: Path, fn) -> None:  # noqa: ANN001
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(fn(lines)) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------- data
+def test_synth_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--scale", "tiny", "--out", str(out), "--quiet"]) == 0
+    synth_out = capsys.readouterr().out
+    assert "wrote synthetic KuaiLive (tiny, seed 0)" in synth_out
+    for name in ("click.csv", "comment.csv", "like.csv", "gift.csv", "negative.csv", "room.csv", "user.csv",
+                 "streamer.csv", "title_embeddings.npy"):
+        assert (out / name).is_file(), name
+
+    assert main(["data", "validate", "--data", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "valid KuaiLive dataset" in captured.out
+    for stem in ("click", "comment", "like", "gift", "negative", "room", "rooms", "user", "streamer"):
+        assert f"ok  {stem}" in captured.out, stem
+    assert "title_embeddings (" in captured.out
+    assert "error" not in captured.err
+    assert not (tmp_path / "data").exists()  # --out given: nothing written to the default location
+
+
+def test_validate_missing_column(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def drop(lines: list[str]) -> list[str]:
+        idx = lines[0].split(",").index("watch_live_time")
+        return [",".join(c for i, c in enumerate(line.split(",")) if i != idx) for line in lines]
+
+    _rewrite(data_dir / "click.csv", drop)
+    code = main(["data", "validate", "--data", str(data_dir)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "click.csv" in err and "'watch_live_time'" in err and "missing column" in err
+    assert "Traceback" not in err
+
+
+def test_validate_unparsable_timestamp(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def corrupt(lines: list[str]) -> list[str]:
+        idx = lines[0].split(",").index("timestamp")
+        cells = lines[4].split(",")
+        cells[idx] = "2025-05-05 10:00"
+        lines[4] = ",".join(cells)
+        return lines
+
+    _rewrite(data_dir / "like.csv", corrupt)
+    code = main(["data", "validate", "--data", str(data_dir)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "like.csv" in err and "'timestamp'" in err and "row 4" in err
+    assert err.startswith("recsys: error:")
+
+
+def test_validate_without_dataset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "validate"]) == 2  # cwd is an empty tmp_path: no data/kuailive, no data/synthetic
+    assert "no dataset found" in capsys.readouterr().err
+
+
+def test_stats_prints_table2(tiny: SynthResult, data_dir: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "stats", "--data", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "#Users" in line)
+    cells = [c.strip() for c in header.split("|")[1:]]
+    assert cells == list(TABLE2_HEADER)
+
+    c = tiny.counts
+    expected = [c["user"], c["streamer"], c["room"], c["click"] + c["comment"] + c["like"] + c["gift"],
+                c["click"], c["comment"], c["like"], c["gift"]]
+    ours = next(line for line in out.splitlines() if line.startswith("this dataset"))
+    assert [v.strip() for v in ours.split("|")[1:]] == [f"{n:,}" for n in expected]
+    paper = next(line for line in out.splitlines() if line.startswith("KuaiLive (paper)"))
+    assert "23,772" in paper and "4,909,515" in paper
+    assert "negatives" in out
+    # the Parquet cache went to the configured relative cache dir, i.e. under the cwd (tmp_path), not the repo
+    assert list((tmp_path / "data" / ".cache").glob("click-*.parquet"))
+
+
+# --------------------------------------------------------------------------------------------------------- verbs
+@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "ranker"], 4)])
+def test_pending_verb(argv: list[str], issue: int, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"issue #{issue}" in err
+    assert f"recsys {' '.join(argv)}" in err and "not available yet" in err
+
+
+@pytest.mark.parametrize("verb", sorted(PENDING))
+def test_every_pending_verb_names_its_issue(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(verb.split()) == 2
+    assert f"lands with issue #{PENDING[verb][0]}" in capsys.readouterr().err
+
+
+def test_unknown_scale_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["data", "synth", "--scale", "huge", "--out", str(tmp_path / "x")])
+    assert info.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_config_file_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", "nope.yaml", "serve"]) == 1
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_bad_env_config_is_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RECSYS_DATA__SCALE", "huge")
+    assert main(["data", "validate"]) == 1
+    assert "data.scale" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------- bench
+def test_bench_synth_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "results" / "bench.json"
+    assert main(["bench", "synth", "--scale", "tiny", "--out", str(out_file)]) == 0
+    stdout = capsys.readouterr().out
+    result = json.loads(stdout)  # the whole stdout is exactly one JSON object
+    assert isinstance(result, dict)
+    assert set(result) == {"name", "scale", "device", "metrics", "env"}
+    assert result["name"] == "synth" and result["scale"] == "tiny"
+    assert isinstance(result["device"], str) and result["device"]
+    m = result["metrics"]
+    for key in ("rows_per_s", "wall_s", "peak_rss_mb", "oracle.auc"):
+        assert key in m, key
+        assert isinstance(m[key], float) and m[key] > 0, key
+    assert 0.5 < m["oracle.auc"] <= 1.0
+    assert all(not isinstance(v, dict) for v in m.values())  # flat dotted keys
+    assert isinstance(result["env"], dict) and "python" in result["env"]
+    assert json.loads(out_file.read_text()) == result
+
+
+def test_bench_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "nope", "--scale", "tiny"]) == 2
+    assert "synth" in capsys.readouterr().err
