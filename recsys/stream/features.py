@@ -1,0 +1,238 @@
+"""Online features: what each event writes to the store, how they are read, and the same features computed offline.
+
+Features (all "as of" a time T, from events with time <= T):
+- ``seq``: per user and event type, the last ``seq_len`` events (live_id, streamer_id, event_id, time);
+- ``user_cnt`` / ``streamer_cnt``: per user / streamer and event type, events in the sliding windows ``(T - W, T]``;
+- ``live``: rooms live at T (``start <= T < end``) with streamer, category, live type and start;
+- ``pop``: per room, entries (clicks) in the last ``popularity_window_ms``.
+
+Writes are idempotent (sorted-set members are event ids) and order-independent, so the store's state is a function
+of the *set* of events applied: a crash and a replay from the last committed offset never lose or double-count.
+:func:`batch_snapshot` computes the same features from the files for a cutoff; :func:`online_snapshot` reads them
+back from a store. Equality of the two is the test oracle of the stream.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from recsys.store.base import FeatureStore, WriteBatch
+from recsys.stream.envelope import USER_EVENT_TYPES, Event
+from recsys.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
+
+LIVE_KEY = "live:rooms"
+
+
+@dataclass(frozen=True)
+class OnlineFeatureSpec:
+    """Which online features are kept and for how long."""
+
+    seq_len: int = 50
+    windows_ms: tuple[int, ...] = (MS_PER_HOUR, MS_PER_DAY)
+    popularity_window_ms: int = 5 * MS_PER_MINUTE
+    #: wall-clock safety TTL of per-entity keys in the Redis backend (event-time trimming does the real work)
+    ttl_s: int = 3 * 86_400
+    window_names: dict[int, str] = field(default_factory=lambda: {MS_PER_HOUR: "1h", MS_PER_DAY: "1d"})
+
+    def window_name(self, w: int) -> str:
+        return self.window_names.get(w, f"{w}ms")
+
+
+def seq_key(user_id: int, etype: str) -> str:
+    return f"u:{user_id}:seq:{etype}"
+
+
+def user_count_key(user_id: int, etype: str) -> str:
+    return f"u:{user_id}:cnt:{etype}"
+
+
+def streamer_count_key(streamer_id: int, etype: str) -> str:
+    return f"s:{streamer_id}:cnt:{etype}"
+
+
+def entries_key(live_id: int) -> str:
+    return f"r:{live_id}:entries"
+
+
+def room_key(live_id: int) -> str:
+    return f"r:{live_id}:meta"
+
+
+def seq_member(live_id: int, streamer_id: int, event_id: str) -> str:
+    return f"{live_id}:{streamer_id}:{event_id}"
+
+
+# ------------------------------------------------------------------------------------------------------------ write
+def write_events(events: Sequence[Event], batch: WriteBatch, spec: OnlineFeatureSpec) -> None:
+    """Queue the store writes of a batch of events (one ZADD per touched key, then event-time trims)."""
+    if not events:
+        return
+    zadds: dict[str, dict[str, int]] = defaultdict(dict)
+    seq_keys, count_keys, pop_keys = set(), set(), set()
+    watermark = max(e.event_time for e in events)
+    for e in events:
+        p, t = e.payload, e.event_time
+        if e.type == "room_start":
+            zadds[LIVE_KEY][str(p["live_id"])] = t
+            batch.hset(room_key(p["live_id"]), {"streamer_id": p["streamer_id"], "category": p["category"],
+                                                 "live_type": p["live_type"], "start": t})
+            batch.expire(room_key(p["live_id"]), spec.ttl_s)
+        elif e.type == "room_end":
+            if LIVE_KEY in zadds:  # starts queued earlier in this batch must land before this removal
+                batch.zadd(LIVE_KEY, zadds.pop(LIVE_KEY))
+            batch.zrem(LIVE_KEY, str(p["live_id"]))
+            batch.hset(room_key(p["live_id"]), {"end": t})
+        else:
+            uid, sid, lid = p["user_id"], p["streamer_id"], p["live_id"]
+            k = seq_key(uid, e.type)
+            zadds[k][seq_member(lid, sid, e.event_id)] = t
+            seq_keys.add(k)
+            for k in (user_count_key(uid, e.type), streamer_count_key(sid, e.type)):
+                zadds[k][e.event_id] = t
+                count_keys.add(k)
+            if e.type == "click":
+                k = entries_key(lid)
+                zadds[k][e.event_id] = t
+                pop_keys.add(k)
+    for key, members in zadds.items():
+        batch.zadd(key, members)
+    for k in seq_keys:
+        batch.ztrim_to_last(k, spec.seq_len)
+        batch.expire(k, spec.ttl_s)
+    longest = max(spec.windows_ms)
+    for k in count_keys:
+        batch.zremrangebyscore_below(k, watermark - longest)
+        batch.expire(k, spec.ttl_s)
+    for k in pop_keys:
+        batch.zremrangebyscore_below(k, watermark - spec.popularity_window_ms)
+        batch.expire(k, spec.ttl_s)
+
+
+# ------------------------------------------------------------------------------------------------------------ read
+@dataclass(frozen=True)
+class RecentEvent:
+    live_id: int
+    streamer_id: int
+    event_id: str
+    time: int
+
+
+@dataclass(frozen=True)
+class LiveRoom:
+    live_id: int
+    streamer_id: int
+    category: str
+    live_type: int
+    start: int
+
+
+class OnlineFeatures:
+    """Typed reads of the online features from any :class:`FeatureStore`."""
+
+    def __init__(self, store: FeatureStore, spec: OnlineFeatureSpec | None = None) -> None:
+        self.store = store
+        self.spec = spec or OnlineFeatureSpec()
+
+    def user_recent(self, user_id: int, etype: str = "click", n: int | None = None,
+                    now: int | None = None) -> list[RecentEvent]:
+        """The user's last ``n`` events of a type (oldest first), ignoring any after ``now``."""
+        n = self.spec.seq_len if n is None else n
+        rows = self.store.zrange_tail(seq_key(user_id, etype), self.spec.seq_len)
+        out = []
+        for member, score in rows:
+            if now is not None and score > now:
+                continue
+            live, streamer, eid = member.split(":", 2)
+            out.append(RecentEvent(int(live), int(streamer), eid, int(score)))
+        return out[-n:] if n else []
+
+    def counts(self, entity: str, entity_id: int, now: int) -> dict[str, int]:
+        """``{"<type>.<window>": n}`` for a user (``entity="user"``) or a streamer (``"streamer"``)."""
+        keyf = user_count_key if entity == "user" else streamer_count_key
+        queries, names = [], []
+        for etype in USER_EVENT_TYPES:
+            for w in self.spec.windows_ms:
+                queries.append((keyf(entity_id, etype), now - w, now))
+                names.append(f"{etype}.{self.spec.window_name(w)}")
+        return dict(zip(names, self.store.zcount_many(queries)))
+
+    def live_rooms(self, now: int) -> list[LiveRoom]:
+        """Rooms live at ``now``: started at or before it and not ended at or before it."""
+        ids = [int(m) for m, _ in self.store.zrange_by_score(LIVE_KEY, float("-inf"), now)]
+        metas = self.store.hget_many([room_key(i) for i in ids])
+        out = []
+        for lid, m in zip(ids, metas):
+            if not m or ("end" in m and int(m["end"]) <= now):
+                continue
+            out.append(LiveRoom(lid, int(m["streamer_id"]), m["category"], int(m["live_type"]), int(m["start"])))
+        return out
+
+    def room_popularity(self, live_ids: Iterable[int], now: int) -> list[int]:
+        w = self.spec.popularity_window_ms
+        return self.store.zcount_many([(entries_key(i), now - w, now) for i in live_ids])
+
+
+# ------------------------------------------------------------------------------------------------------------ parity
+Snapshot = dict[str, dict[Any, Any]]
+
+
+def online_snapshot(store: FeatureStore, now: int, spec: OnlineFeatureSpec | None = None) -> Snapshot:
+    """Every non-empty feature in the store as of ``now`` (scans keys: for tests and audits, not serving)."""
+    spec = spec or OnlineFeatureSpec()
+    feats = OnlineFeatures(store, spec)
+    snap: Snapshot = {"seq": {}, "user_cnt": {}, "streamer_cnt": {}, "live": {}, "pop": {}}
+    for key in store.scan_keys("u:*:seq:*"):
+        _, uid, _, etype = key.split(":")
+        rows = [(m, int(s)) for m, s in store.zrange_tail(key, spec.seq_len) if s <= now]
+        if rows:
+            snap["seq"][(int(uid), etype)] = rows
+    for prefix, name in (("u", "user_cnt"), ("s", "streamer_cnt")):
+        keys = store.scan_keys(f"{prefix}:*:cnt:*")
+        queries = [(k, now - w, now) for k in keys for w in spec.windows_ms]
+        for (k, lo, _), n in zip(queries, store.zcount_many(queries)):
+            if n:
+                _, eid, _, etype = k.split(":")
+                snap[name][(int(eid), etype, now - lo)] = n
+    live = feats.live_rooms(now)
+    snap["live"] = {r.live_id: (r.streamer_id, r.category, r.live_type, r.start) for r in live}
+    pops = feats.room_popularity([r.live_id for r in live], now)
+    snap["pop"] = {r.live_id: n for r, n in zip(live, pops) if n}
+    return snap
+
+
+def batch_snapshot(events: pl.DataFrame, now: int, spec: OnlineFeatureSpec | None = None) -> Snapshot:
+    """The same features as :func:`online_snapshot`, computed offline from an event table (see
+    ``recsys.stream.replay.event_table``) with ``event_time <= now``."""
+    spec = spec or OnlineFeatureSpec()
+    ev = events.filter(pl.col("event_time") <= now)
+    user_ev = ev.filter(pl.col("type").is_in(list(USER_EVENT_TYPES)))
+    snap: Snapshot = {"seq": {}, "user_cnt": {}, "streamer_cnt": {}, "live": {}, "pop": {}}
+    seq = (
+        user_ev.with_columns(
+            (pl.col("live_id").cast(pl.String) + ":" + pl.col("streamer_id").cast(pl.String) + ":"
+             + pl.col("event_id")).alias("member"))
+        .sort("user_id", "type", "event_time", "member")
+        .group_by("user_id", "type", maintain_order=True)
+        .agg(pl.col("member").tail(spec.seq_len), pl.col("event_time").tail(spec.seq_len))
+    )
+    for uid, etype, members, times in seq.iter_rows():
+        snap["seq"][(uid, etype)] = list(zip(members, times))
+    for col, name in (("user_id", "user_cnt"), ("streamer_id", "streamer_cnt")):
+        for w in spec.windows_ms:
+            counts = user_ev.filter(pl.col("event_time") > now - w).group_by(col, "type").len()
+            for eid, etype, n in counts.iter_rows():
+                snap[name][(eid, etype, w)] = n
+    starts = ev.filter(pl.col("type") == "room_start")
+    ended = ev.filter(pl.col("type") == "room_end").select("live_id")
+    live = starts.join(ended, on="live_id", how="anti")
+    snap["live"] = {lid: (sid, cat, lt, t) for lid, sid, cat, lt, t in
+                    live.select("live_id", "streamer_id", "category", "live_type", "event_time").iter_rows()}
+    entries = (ev.filter((pl.col("type") == "click") & (pl.col("event_time") > now - spec.popularity_window_ms))
+               .group_by("live_id").len())
+    snap["pop"] = {lid: n for lid, n in entries.iter_rows() if lid in snap["live"]}
+    return snap
