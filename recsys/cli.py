@@ -22,7 +22,6 @@ from recsys.config import PlatformConfig, load_config
 
 #: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
 PENDING: dict[str, tuple[int, str]] = {
-    "ingest": (3, "Kafka/in-process event replay into the Redis/in-memory feature store"),
     "train ranker": (4, "TokenMixer / RankMixer multi-task ranker and baselines"),
     "train retrieval": (5, "GRank generate->rank retrieval and baselines"),
     "train tpp": (6, "streaming PromptTPP temporal point processes"),
@@ -151,6 +150,42 @@ def cmd_doctor(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0 if all(s.ok for s in statuses) else 1
 
 
+def cmd_ingest(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    ingest = importlib.import_module("pipelines.ingest")
+    from recsys.stream.bus import TopicLayout
+
+    if args.speed is not None and args.speed <= 0:
+        raise CliError(f"--speed must be > 0 (a real-time factor), got {args.speed}", 2)
+    both = not args.produce and not args.consume
+    icfg = ingest.IngestConfig(
+        data_dir=_data_dir(args, cfg) if (args.produce or both) else Path(args.data or "."),
+        produce=args.produce or both, consume=args.consume or both,
+        kafka_bootstrap=args.kafka if args.kafka is not None else cfg.services.kafka_bootstrap,
+        store=args.store, redis_url=args.redis_url or cfg.services.redis_url, namespace=args.namespace,
+        layout=TopicLayout(prefix=args.topic_prefix, partitions=args.partitions), group=args.group,
+        speed=args.speed, idle_timeout_s=args.idle_timeout, fast_kafka_timeouts=args.fast_kafka_timeouts,
+        progress=not args.quiet, **({"until": args.until} if args.until is not None else {}),
+    )
+    events = None
+    if args.check_parity and not icfg.produce:
+        if not args.data:
+            raise CliError("--check-parity with --consume needs --data (the files the stream was replayed from)", 2)
+        events = ingest.load_events(Path(args.data), icfg.until)
+    res = ingest.run_ingest(icfg, events=events)
+    where = f"Kafka at {icfg.kafka_bootstrap}" if icfg.kafka_bootstrap else "the in-process bus"
+    if icfg.produce:
+        print(f"published {res.published:,} events to {where} in {res.produce_s:.1f} s")
+    if res.stats is not None:
+        s = res.stats
+        print(f"consumed {s.processed:,} events into the {icfg.store} store ({s.events_per_s:,.0f} events/s), "
+              f"{s.dead_lettered:,} dead-lettered to {icfg.layout.dlq}, lag {s.lag}")
+    if args.check_parity:
+        parity = ingest.check_parity(res, icfg.spec)
+        print("online == batch features: " + ", ".join(f"{k} {'ok' if v else 'MISMATCH'}" for k, v in parity.items()))
+        return 0 if all(parity.values()) else 1
+    return 0
+
+
 def _pending(verb: str) -> Callable[[argparse.Namespace, PlatformConfig], int]:
     issue, what = PENDING[verb]
 
@@ -208,7 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     for model in ("ranker", "retrieval", "tpp", "allocator"):
         t = tsub.add_parser(model, help=PENDING[f"train {model}"][1])
         t.set_defaults(func=_pending(f"train {model}"))
-    for verb in ("ingest", "evaluate", "replay", "ope", "serve"):
+    ing = sub.add_parser("ingest", help="replay events through Kafka (or in-process) into the feature store")
+    ing.add_argument("--data", help="dataset directory to replay (default: data/kuailive, else data/synthetic/<scale>)")
+    ing.add_argument("--produce", action="store_true", help="only publish the replay (needs --kafka)")
+    ing.add_argument("--consume", action="store_true", help="only run the stream worker (needs --kafka)")
+    ing.add_argument("--kafka", help="bootstrap HOST:PORT (default: services.kafka_bootstrap; empty = in-process)")
+    ing.add_argument("--store", choices=["memory", "redis"], default="memory")
+    ing.add_argument("--redis-url", help="default: services.redis_url")
+    ing.add_argument("--namespace", default="rs:", help="key prefix in Redis")
+    ing.add_argument("--topic-prefix", default="kuailive")
+    ing.add_argument("--partitions", type=int, default=3)
+    ing.add_argument("--group", default="recsys-ingest", help="consumer group id")
+    ing.add_argument("--speed", type=float, help="replay at this multiple of real time (default: as fast as possible)")
+    ing.add_argument("--until", type=int, help="replay events up to this epoch-ms time")
+    ing.add_argument("--idle-timeout", type=float, default=5.0, help="stop consuming after this many idle seconds")
+    ing.add_argument("--fast-kafka-timeouts", action="store_true", help="short group timeouts (test brokers)")
+    ing.add_argument("--check-parity", action="store_true", help="compare the store with batch features")
+    ing.add_argument("--quiet", action="store_true")
+    ing.set_defaults(func=cmd_ingest)
+    for verb in ("evaluate", "replay", "ope", "serve"):
         sub.add_parser(verb, help=PENDING[verb][1]).set_defaults(func=_pending(verb))
     return p
 

@@ -77,6 +77,9 @@ class EventSource(Protocol):
 
     def lag(self) -> int | None: ...
 
+    def assigned(self) -> bool:
+        """Whether this member currently owns partitions (idle time only counts once it does)."""
+
     def close(self) -> None: ...
 
 
@@ -159,6 +162,9 @@ class InProcessSource:
     def lag(self) -> int | None:
         return sum(1 for t, *_ in self.bus.log[self.pos:] if t in self.topics)
 
+    def assigned(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
@@ -213,6 +219,9 @@ class KafkaSource:
             return None
         ends = self.consumer.end_offsets(list(parts))
         return int(sum(max(0, ends[p] - self.consumer.position(p)) for p in parts))
+
+    def assigned(self) -> bool:
+        return bool(self.consumer.assignment())
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

@@ -73,13 +73,15 @@ class StreamWorker:
 
     def run(self, idle_timeout_s: float = 5.0, max_batches: int | None = None, max_records: int = 2000,
             poll_timeout_ms: int = 500, should_stop: Callable[[], bool] | None = None,
-            commit: bool = True) -> WorkerStats:
+            commit: bool = True, join_timeout_s: float = 120.0) -> WorkerStats:
         """Consume until idle for ``idle_timeout_s``, ``max_batches`` batches, or ``should_stop()``.
 
         ``commit=False`` leaves the last batch uncommitted (used to simulate a crash between write and commit).
+        Idle time counts only while the source owns partitions (a group join or rebalance is not idleness), up to
+        ``join_timeout_s`` without any assignment.
         """
         t0 = time.perf_counter()
-        last_msg = time.perf_counter()
+        last_msg = busy_until = time.perf_counter()
         last_log = t0
         while True:
             if should_stop is not None and should_stop():
@@ -87,11 +89,14 @@ class StreamWorker:
             msgs = self.source.poll(max_records=max_records, timeout_ms=poll_timeout_ms)
             now = time.perf_counter()
             if not msgs:
-                if now - last_msg >= idle_timeout_s:
+                if not self.source.assigned() and now - t0 < join_timeout_s:
+                    last_msg = now  # still joining / rebalancing
+                elif now - last_msg >= idle_timeout_s:
                     break
                 continue
             last_msg = now
             ok, bad = self.process(msgs)
+            busy_until = time.perf_counter()
             self.stats.processed += ok
             self.stats.dead_lettered += bad
             self.stats.batches += 1
@@ -107,6 +112,6 @@ class StreamWorker:
                 last_log = now
             if final:
                 break
-        self.stats.wall_s = time.perf_counter() - t0
+        self.stats.wall_s = busy_until - t0  # trailing idle wait excluded from throughput
         self.stats.lag = self.source.lag()
         return self.stats
