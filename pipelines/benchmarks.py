@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,18 @@ from typing import Any
 import numpy as np
 
 from pipelines.datasets import oracle_scores
+from pipelines.ingest import IngestResult, check_parity, load_events
 from recsys.bench import peak_rss_mb
+from recsys.config import PlatformConfig
 from recsys.data.builders import attach_oracle, ctr_samples
 from recsys.data.loaders import load_kuailive
 from recsys.data.synthetic import SynthConfig, generate
+from recsys.services import KafkaClientTimeouts
+from recsys.timeutil import WINDOW_END_MS
 
 
-def bench_synth(scale: str, seed: int = 0, keep_dir: str | None = None) -> tuple[str, dict[str, Any]]:
+def bench_synth(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
+                keep_dir: str | None = None) -> tuple[str, dict[str, Any]]:
     """Time and memory of the synthetic generator, and the oracle AUC on the CTR test split.
 
     ``peak_rss_mb`` is read right after generation (before the oracle is scored). ``rows_per_s`` counts the rows
@@ -51,9 +57,94 @@ def bench_synth(scale: str, seed: int = 0, keep_dir: str | None = None) -> tuple
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: name -> function(scale, **options) -> (device, metrics)
+def _raw_consume_rate(bootstrap: str, topics: tuple[str, ...], n: int, timeouts: KafkaClientTimeouts) -> float:
+    """Plain kafka-python consumption of ``n`` messages (no decoding, no store): the reference rate."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:8]}",
+                             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=2000,
+                             **timeouts.consumer_kwargs())
+    try:
+        seen, first, last = 0, None, None
+        deadline = time.monotonic() + 600
+        while seen < n and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500, max_records=2000)
+            now = time.perf_counter()
+            got = sum(len(r) for r in batch.values())
+            if got:
+                first = now if first is None else first
+                seen += got
+                last = now
+        if seen < n or first is None or last is None or last <= first:
+            raise RuntimeError(f"raw consumer read {seen} of {n} messages")
+        return seen / (last - first)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def bench_ingest(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """Replay -> Kafka -> stream worker -> Redis, against raw kafka-python consumption of the same topics.
+
+    Uses ``services.kafka_bootstrap`` when configured, else starts a local Kafka-protocol broker as the tests do;
+    Redis at ``services.redis_url`` under a throw-away key namespace. ``events_per_s`` is the worker's rate
+    (poll + decode + pipelined Redis writes + offset commits), ``raw_consume_per_s`` a bare consumer's on the same
+    topics, both measured from the first message (group join excluded). ``parity`` is 1 when the Redis features
+    equal the batch features afterwards.
+    """
+    from recsys.localbroker import LocalKafkaBroker
+    from recsys.store.redis_store import RedisStore
+    from recsys.stream.bus import KafkaSink, KafkaSource, TopicLayout, publish
+    from recsys.stream.replay import iter_events
+    from recsys.stream.worker import StreamWorker
+
+    cfg = cfg or PlatformConfig()
+    with tempfile.TemporaryDirectory(prefix=f"recsys-ingest-{scale}-") as tmp:
+        generate(Path(tmp) / "data", SynthConfig(scale=scale, seed=seed), progress=False)
+        events = load_events(Path(tmp) / "data", until=WINDOW_END_MS - 1)
+        broker = None if cfg.services.kafka_bootstrap else LocalKafkaBroker(Path(tmp) / "broker.log")
+        bootstrap = cfg.services.kafka_bootstrap or broker.start()
+        timeouts = KafkaClientTimeouts.fast() if broker else KafkaClientTimeouts()
+        layout = TopicLayout(prefix=f"bench{uuid.uuid4().hex[:8]}")
+        store = RedisStore(cfg.services.redis_url, namespace=f"bench{uuid.uuid4().hex[:8]}:")
+        try:
+            layout.ensure(bootstrap)
+            sink = KafkaSink(bootstrap)
+            t0 = time.perf_counter()
+            try:
+                n = publish(iter_events(events), sink, layout)
+            finally:
+                sink.close()
+            produce_s = time.perf_counter() - t0
+            raw = _raw_consume_rate(bootstrap, layout.event_topics, n, timeouts)
+            source = KafkaSource(bootstrap, layout.event_topics, f"worker-{uuid.uuid4().hex[:8]}", timeouts)
+            dead = KafkaSink(bootstrap)
+            try:
+                stats = StreamWorker(source, store, dead, layout.dlq).run(idle_timeout_s=3.0)
+            finally:
+                source.close()
+                dead.close()
+            parity = check_parity(IngestResult(published=n, stats=stats, store=store, events=events))
+        finally:
+            store.clear()
+            store.close()
+            if broker is not None:
+                broker.stop()
+    metrics = {
+        "events": n,
+        "events_per_s": stats.events_per_s,
+        "raw_consume_per_s": raw,
+        "ratio_to_raw": stats.events_per_s / raw,
+        "produce_per_s": n / produce_s,
+        "dead_lettered": stats.dead_lettered,
+        "parity": int(all(parity.values())),
+    }
+    return "cpu", metrics
+
+
+#: name -> function(scale, cfg) -> (device, metrics)
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "synth": bench_synth,
+    "ingest": bench_ingest,
 }
 
 __all__ = ["BENCHMARKS", "bench_synth"]

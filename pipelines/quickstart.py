@@ -1,6 +1,7 @@
 """Job: the platform end to end on embedded defaults and small synthetic data (``recsys quickstart``).
 
-Stages so far: synthesize -> load & validate -> dataset stats -> build datasets -> oracle scores -> MLflow run.
+Stages so far: synthesize -> load & validate -> dataset stats -> build datasets -> oracle scores -> stream ingestion
+(in-process bus into the in-memory feature store, checked against batch features) -> MLflow run.
 Later stages (ingestion, training, serving) join here as they land.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.datasets import build_datasets
+from pipelines.ingest import IngestConfig, check_parity, run_ingest
 from recsys.config import PlatformConfig
 from recsys.data.loaders import load_kuailive
 from recsys.data.stats import stats_report, table2
@@ -41,12 +43,12 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_params({"scale": scale, "seed": seed, "data_dir": str(data_dir)})
 
         t0 = time.perf_counter()
-        echo(f"[1/4] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
-        synth = generate(data_dir, SynthConfig(scale=scale, seed=seed))
+        echo(f"[1/5] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
+        generate(data_dir, SynthConfig(scale=scale, seed=seed))
         stage_s["synth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        echo("[2/4] loading and validating the KuaiLive files")
+        echo("[2/5] loading and validating the KuaiLive files")
         data = load_kuailive(data_dir, cache_dir=data_dir / ".cache")
         stage_s["load"] = time.perf_counter() - t0
         report = stats_report(data)
@@ -54,16 +56,27 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_text(report, "stats.txt")
 
         t0 = time.perf_counter()
-        echo("[3/4] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
+        echo("[3/5] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
         ds = build_datasets(data, out / "datasets", truth_dir=data_dir / "truth")
         stage_s["datasets"] = time.perf_counter() - t0
         for k, v in ds.counts.items():
             echo(f"    {k:>28}: {v:,}")
 
-        echo("[4/4] oracle (ground-truth click probability) on the CTR test split")
+        echo("[4/5] oracle (ground-truth click probability) on the CTR test split")
         for k, v in ds.oracle.items():
             echo(f"    oracle.{k:<10} {v:.4f}")
+        t0 = time.perf_counter()
+        echo("[5/5] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
+             "in-memory feature store")
+        ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False))
+        stage_s["ingest"] = time.perf_counter() - t0
+        parity = check_parity(ing)
+        echo(f"    {ing.stats.processed:,} events at {ing.stats.events_per_s:,.0f} events/s; online == batch "
+             "features: " + ", ".join(f"{k} {'ok' if v else 'MISMATCH'}" for k, v in parity.items()))
+        if not all(parity.values()):
+            raise RuntimeError(f"online features differ from batch features: {parity}")
         stats = table2(data)
+        tracker.log_metrics({"ingest": {"events": ing.stats.processed, "events_per_s": ing.stats.events_per_s}})
         tracker.log_metrics({"oracle": ds.oracle, "counts": ds.counts, "stage_s": stage_s})
         tracker.log_metrics({k.lstrip("#").lower(): v for k, v in stats.items()})
         if tracker.run_id:

@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     benchmarks = resolve("pipelines.benchmarks:BENCHMARKS")
     if args.name not in benchmarks:
         raise CliError(f"unknown benchmark {args.name!r}; available: {', '.join(sorted(benchmarks))}", 2)
-    device, metrics = benchmarks[args.name](args.scale)
+    device, metrics = benchmarks[args.name](args.scale, cfg)
     print(write_result(bench_result(args.name, args.scale, device, metrics), args.out))
     return 0
 
@@ -270,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for noisy in ("kafka", "alembic", "mlflow.store"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
         return int(args.func(args, cfg) or 0)

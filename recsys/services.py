@@ -22,7 +22,6 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis

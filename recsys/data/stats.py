@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 
 from recsys.data.live_index import LiveIndex
 from recsys.data.loaders import KuaiLiveData

@@ -323,7 +323,6 @@ def _make_rooms(cfg: SynthConfig, rng: np.random.Generator, st: _Streamers) -> _
     k, grp_streamer, grp_day = k[nz], grp_streamer[nz], grp_day[nz]
     R = int(k.sum())
     streamer = np.repeat(grp_streamer, k)
-    day = np.repeat(grp_day, k)
     long_room = rng.random(R) < cfg.long_room_share
     dur_min = np.where(
         long_room,

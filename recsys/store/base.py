@@ -34,6 +34,9 @@ class WriteBatch(ABC):
     def hset(self, key: str, mapping: Mapping[str, str]) -> None: ...
 
     @abstractmethod
+    def hdel(self, key: str, fields: Sequence[str]) -> None: ...
+
+    @abstractmethod
     def expire(self, key: str, seconds: int) -> None:
         """Wall-clock time to live (no-op for backends that do not expire)."""
 

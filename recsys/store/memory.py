@@ -66,6 +66,9 @@ class _MemoryBatch(WriteBatch):
     def hset(self, key: str, mapping: Mapping[str, str]) -> None:
         self.ops.append(("hset", key, dict(mapping)))
 
+    def hdel(self, key: str, fields: Sequence[str]) -> None:
+        self.ops.append(("hdel", key, list(fields)))
+
     def expire(self, key: str, seconds: int) -> None:
         pass  # the embedded store keeps everything for the life of the process
 
@@ -78,6 +81,12 @@ class _MemoryBatch(WriteBatch):
                     zs.add(member, float(score))
             elif op == "hset":
                 h.setdefault(key, {}).update({k: str(v) for k, v in arg.items()})
+            elif op == "hdel":
+                fields = h.get(key, {})
+                for f in arg:
+                    fields.pop(f, None)
+                if key in h and not fields:
+                    del h[key]
             elif key in z:
                 zs = z[key]
                 if op == "zrem":

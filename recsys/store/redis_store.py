@@ -40,6 +40,11 @@ class _RedisBatch(WriteBatch):
         self.pipe.hset(self.ns + key, mapping={k: str(v) for k, v in mapping.items()})
         self.n += 1
 
+    def hdel(self, key: str, fields: Sequence[str]) -> None:
+        if fields:
+            self.pipe.hdel(self.ns + key, *fields)
+            self.n += 1
+
     def expire(self, key: str, seconds: int) -> None:
         self.pipe.expire(self.ns + key, seconds)
         self.n += 1

@@ -171,14 +171,16 @@ class InProcessSource:
 
 # ------------------------------------------------------------------------------------------------ Kafka
 class KafkaSink:
-    """kafka-python producer with acks=all; keys decide partitions (per-user / per-room order)."""
+    """kafka-python idempotent producer with acks=all; keys decide partitions (per-user / per-room order)."""
 
     def __init__(self, bootstrap: str, linger_ms: int = 5, max_block_ms: int = 30_000,
                  batch_size: int = 64 * 1024) -> None:
         from kafka import KafkaProducer
 
+        # idempotent: retries can neither duplicate nor reorder messages within a partition, so a room's end
+        # never overtakes its start (the live-room set relies on that)
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
-                                      batch_size=batch_size, max_block_ms=max_block_ms, retries=5)
+                                      batch_size=batch_size, max_block_ms=max_block_ms, enable_idempotence=True)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              headers: Sequence[tuple[str, bytes]] = ()) -> None:
@@ -201,7 +203,7 @@ class KafkaSource:
 
         self.consumer = KafkaConsumer(
             *topics, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=2000,
+            auto_offset_reset="earliest", max_poll_records=5000,
             **(timeouts or KafkaClientTimeouts()).consumer_kwargs(),
         )
 

@@ -3,7 +3,10 @@
 Features (all "as of" a time T, from events with time <= T):
 - ``seq``: per user and event type, the last ``seq_len`` events (live_id, streamer_id, event_id, time);
 - ``user_cnt`` / ``streamer_cnt``: per user / streamer and event type, events in the sliding windows ``(T - W, T]``;
-- ``live``: rooms live at T (``start <= T < end``) with streamer, category, live type and start;
+- ``live``: rooms live at T (``start <= T < end``) with streamer, category, live type and start, kept in one hash
+  (a start sets the room's field, its end deletes it; both are batched into one command per batch). This relies on
+  the per-room order of the bus: room events are keyed by live_id and the producer is idempotent, so a room's end
+  never overtakes its start;
 - ``pop``: per room, entries (clicks) in the last ``popularity_window_ms``.
 
 Writes are idempotent (sorted-set members are event ids) and order-independent, so the store's state is a function
@@ -25,7 +28,7 @@ from recsys.store.base import FeatureStore, WriteBatch
 from recsys.stream.envelope import USER_EVENT_TYPES, Event
 from recsys.timeutil import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE
 
-LIVE_KEY = "live:rooms"
+LIVE_KEY = "live:rooms"  # hash: live_id -> "streamer_id|category|live_type|start"
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,6 @@ def entries_key(live_id: int) -> str:
     return f"r:{live_id}:entries"
 
 
-def room_key(live_id: int) -> str:
-    return f"r:{live_id}:meta"
-
-
 def seq_member(live_id: int, streamer_id: int, event_id: str) -> str:
     return f"{live_id}:{streamer_id}:{event_id}"
 
@@ -74,19 +73,15 @@ def write_events(events: Sequence[Event], batch: WriteBatch, spec: OnlineFeature
         return
     zadds: dict[str, dict[str, int]] = defaultdict(dict)
     seq_keys, count_keys, pop_keys = set(), set(), set()
+    starts: dict[str, str] = {}
+    ends: list[str] = []
     watermark = max(e.event_time for e in events)
     for e in events:
         p, t = e.payload, e.event_time
         if e.type == "room_start":
-            zadds[LIVE_KEY][str(p["live_id"])] = t
-            batch.hset(room_key(p["live_id"]), {"streamer_id": p["streamer_id"], "category": p["category"],
-                                                 "live_type": p["live_type"], "start": t})
-            batch.expire(room_key(p["live_id"]), spec.ttl_s)
+            starts[str(p["live_id"])] = f"{p['streamer_id']}|{p['category']}|{p['live_type']}|{t}"
         elif e.type == "room_end":
-            if LIVE_KEY in zadds:  # starts queued earlier in this batch must land before this removal
-                batch.zadd(LIVE_KEY, zadds.pop(LIVE_KEY))
-            batch.zrem(LIVE_KEY, str(p["live_id"]))
-            batch.hset(room_key(p["live_id"]), {"end": t})
+            ends.append(str(p["live_id"]))
         else:
             uid, sid, lid = p["user_id"], p["streamer_id"], p["live_id"]
             k = seq_key(uid, e.type)
@@ -99,6 +94,10 @@ def write_events(events: Sequence[Event], batch: WriteBatch, spec: OnlineFeature
                 k = entries_key(lid)
                 zadds[k][e.event_id] = t
                 pop_keys.add(k)
+    if starts:
+        batch.hset(LIVE_KEY, starts)
+    if ends:  # after the starts: a room that starts and ends within the batch is gone
+        batch.hdel(LIVE_KEY, ends)
     for key, members in zadds.items():
         batch.zadd(key, members)
     for k in seq_keys:
@@ -162,15 +161,14 @@ class OnlineFeatures:
         return dict(zip(names, self.store.zcount_many(queries)))
 
     def live_rooms(self, now: int) -> list[LiveRoom]:
-        """Rooms live at ``now``: started at or before it and not ended at or before it."""
-        ids = [int(m) for m, _ in self.store.zrange_by_score(LIVE_KEY, float("-inf"), now)]
-        metas = self.store.hget_many([room_key(i) for i in ids])
+        """Rooms live at ``now``: started at or before it, and whose end has not been seen."""
         out = []
-        for lid, m in zip(ids, metas):
-            if not m or ("end" in m and int(m["end"]) <= now):
-                continue
-            out.append(LiveRoom(lid, int(m["streamer_id"]), m["category"], int(m["live_type"]), int(m["start"])))
-        return out
+        for lid, value in self.store.hgetall(LIVE_KEY).items():
+            sid, rest = value.split("|", 1)
+            cat, lt, start = rest.rsplit("|", 2)  # the category is free text: split it off from both ends
+            if int(start) <= now:
+                out.append(LiveRoom(int(lid), int(sid), cat, int(lt), int(start)))
+        return sorted(out, key=lambda r: r.live_id)
 
     def room_popularity(self, live_ids: Iterable[int], now: int) -> list[int]:
         w = self.spec.popularity_window_ms
