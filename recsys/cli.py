@@ -271,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        for noisy in ("kafka", "alembic", "mlflow.store"):
+        logging.getLogger("kafka").setLevel(logging.ERROR)  # its event-loop timing warnings are noise here
+        for noisy in ("alembic", "mlflow.store"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
