@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.live_index import LiveIndex
 from recsys.data.schema import EVENT_TYPE_ID
-from recsys.timeutil import MS_PER_DAY, MS_PER_MINUTE, WINDOW_START_MS, cst_day, cst_midnight
+from recsys.timeutil import MS_PER_MINUTE, WINDOW_START_MS, cst_day, cst_midnight
 
 Granularity = Literal["streamer", "room"]
 SPLITS = ("train", "valid", "test")
@@ -232,6 +232,6 @@ def tpp_windows(events: pl.DataFrame, window_days: int = 3, max_len: int = 256) 
 
 
 __all__ = [
-    "MS_PER_DAY", "SPLITS", "TopKEvalSet", "attach_oracle", "chronological_split", "ctr_samples",
+    "SPLITS", "TopKEvalSet", "attach_oracle", "chronological_split", "ctr_samples",
     "event_sequences", "leave_last_out", "topk_eval_set", "tpp_windows",
 ]
