@@ -7,13 +7,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.datasets import oracle_scores
-from pipelines.ingest import IngestResult, check_parity, load_events
+from pipelines.ingest import IngestConfig, check_parity, load_events, run_ingest
 from recsys.bench import peak_rss_mb
 from recsys.config import PlatformConfig
 from recsys.data.builders import attach_oracle, ctr_samples
@@ -93,37 +94,28 @@ def bench_ingest(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -
     """
     from recsys.localbroker import LocalKafkaBroker
     from recsys.store.redis_store import RedisStore
-    from recsys.stream.bus import KafkaSink, KafkaSource, TopicLayout, publish
-    from recsys.stream.replay import iter_events
-    from recsys.stream.worker import StreamWorker
+    from recsys.stream.bus import TopicLayout
 
     cfg = cfg or PlatformConfig()
     with tempfile.TemporaryDirectory(prefix=f"recsys-ingest-{scale}-") as tmp:
-        generate(Path(tmp) / "data", SynthConfig(scale=scale, seed=seed), progress=False)
-        events = load_events(Path(tmp) / "data", until=WINDOW_END_MS - 1)
+        data_dir = Path(tmp) / "data"
+        generate(data_dir, SynthConfig(scale=scale, seed=seed), progress=False)
+        events = load_events(data_dir, until=WINDOW_END_MS - 1)
         broker = None if cfg.services.kafka_bootstrap else LocalKafkaBroker(Path(tmp) / "broker.log")
         bootstrap = cfg.services.kafka_bootstrap or broker.start()
-        timeouts = KafkaClientTimeouts.fast() if broker else KafkaClientTimeouts()
-        layout = TopicLayout(prefix=f"bench{uuid.uuid4().hex[:8]}")
+        icfg = IngestConfig(data_dir=data_dir, kafka_bootstrap=bootstrap, store="redis",
+                            redis_url=cfg.services.redis_url, layout=TopicLayout(prefix=f"bench{uuid.uuid4().hex[:8]}"),
+                            group=f"worker-{uuid.uuid4().hex[:8]}", idle_timeout_s=3.0,
+                            fast_kafka_timeouts=broker is not None, progress=False)
         store = RedisStore(cfg.services.redis_url, namespace=f"bench{uuid.uuid4().hex[:8]}:")
         try:
-            layout.ensure(bootstrap)
-            sink = KafkaSink(bootstrap)
-            t0 = time.perf_counter()
-            try:
-                n = publish(iter_events(events), sink, layout)
-            finally:
-                sink.close()
-            produce_s = time.perf_counter() - t0
-            raw = _raw_consume_rate(bootstrap, layout.event_topics, n, timeouts)
-            source = KafkaSource(bootstrap, layout.event_topics, f"worker-{uuid.uuid4().hex[:8]}", timeouts)
-            dead = KafkaSink(bootstrap)
-            try:
-                stats = StreamWorker(source, store, dead, layout.dlq).run(idle_timeout_s=3.0)
-            finally:
-                source.close()
-                dead.close()
-            parity = check_parity(IngestResult(published=n, stats=stats, store=store, events=events))
+            produced = run_ingest(replace(icfg, consume=False), events=events)
+            n = produced.published
+            timeouts = KafkaClientTimeouts.fast() if broker is not None else KafkaClientTimeouts()
+            raw = _raw_consume_rate(bootstrap, icfg.layout.event_topics, n, timeouts)
+            consumed = run_ingest(replace(icfg, produce=False), events=events, store=store)
+            stats = consumed.stats
+            parity = check_parity(consumed)
         finally:
             store.clear()
             store.close()
@@ -134,7 +126,7 @@ def bench_ingest(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -
         "events_per_s": stats.events_per_s,
         "raw_consume_per_s": raw,
         "ratio_to_raw": stats.events_per_s / raw,
-        "produce_per_s": n / produce_s,
+        "produce_per_s": n / produced.produce_s,
         "dead_lettered": stats.dead_lettered,
         "parity": int(all(parity.values())),
     }

@@ -96,11 +96,12 @@ def run_ingest(cfg: IngestConfig, events: pl.DataFrame | None = None, store: Fea
         t0 = time.perf_counter()
         try:
             published = publish(iter_events(events), sink, cfg.layout, speed=cfg.speed,
-                                 on_event=lambda n: bar.update(1) if n % 1000 == 0 else None)
+                                 on_event=lambda n: bar.update(n - bar.n) if n % 1000 == 0 else None)
+            bar.update(published - bar.n)
+            produce_s = time.perf_counter() - t0  # publish flushes; closing the client is not production
         finally:
             sink.close()
             bar.close()
-        produce_s = time.perf_counter() - t0
 
     stats = None
     if cfg.consume:

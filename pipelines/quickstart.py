@@ -18,6 +18,7 @@ from recsys.config import PlatformConfig
 from recsys.data.loaders import load_kuailive
 from recsys.data.stats import stats_report, table2
 from recsys.data.synthetic import SynthConfig, generate
+from recsys.stream.replay import event_table
 from recsys.tracking import tracking_run
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         t0 = time.perf_counter()
         echo("[5/5] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
              "in-memory feature store")
-        ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False))
+        ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False), events=event_table(data))
         stage_s["ingest"] = time.perf_counter() - t0
         parity = check_parity(ing)
         echo(f"    {ing.stats.processed:,} events at {ing.stats.events_per_s:,.0f} events/s; online == batch "

@@ -48,13 +48,17 @@ def resolve(target: str) -> Callable[..., Any]:
 
 
 # --------------------------------------------------------------------------------------------------------- handlers
+def _print_counts(counts: dict[str, int], width: int) -> None:
+    for k, v in counts.items():
+        print(f"{k:>{width}}: {v:,}")
+
+
 def cmd_data_synth(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     from recsys.data.synthetic import SynthConfig, generate
 
     out = Path(args.out) if args.out else cfg.data.synthetic_dir / args.scale
     res = generate(out, SynthConfig(scale=args.scale, seed=args.seed), progress=not args.quiet)
-    for k, v in res.counts.items():
-        print(f"{k:>18}: {v:,}")
+    _print_counts(res.counts, 18)
     print(f"wrote synthetic KuaiLive ({args.scale}, seed {args.seed}) to {out} in {res.wall_s:.1f} s")
     return 0
 
@@ -107,8 +111,7 @@ def cmd_data_build(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     res = resolve("pipelines.datasets:build_datasets")(
         data, args.out, truth_dir=truth if truth.is_dir() else None, n_negatives=args.negatives, seed=args.seed,
     )
-    for k, v in res.counts.items():
-        print(f"{k:>28}: {v:,}")
+    _print_counts(res.counts, 28)
     for k, v in res.oracle.items():
         print(f"{'oracle.' + k:>28}: {v:.4f}")
     print(f"datasets written to {res.out_dir}")

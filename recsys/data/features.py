@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from recsys.timeutil import MS_PER_MINUTE, cst_hour, cst_day
+from recsys.timeutil import MS_PER_MINUTE, cst_day, cst_hour
 
 _SHIFT = 36  # (dense key << 36) | (time - origin)
 
@@ -28,7 +28,7 @@ def _composite(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times:
     inv = inv.ravel().astype(np.int64)
     ek, qk = inv[: len(times)], inv[len(times):]
     all_t = np.concatenate([np.asarray(times, dtype=np.int64), np.asarray(q_times, dtype=np.int64)])
-    origin = int(all_t.min(initial=0 if all_t.size == 0 else int(all_t[0]))) - 1
+    origin = int(all_t.min()) - 1 if all_t.size else -1
     span = int(all_t.max(initial=origin)) - origin + 2
     if span >= 1 << _SHIFT:
         raise ValueError("timestamps span more than 2**36 ms")
