@@ -1,8 +1,9 @@
 """Job: the platform end to end on embedded defaults and small synthetic data (``recsys quickstart``).
 
 Stages so far: synthesize -> load & validate -> dataset stats -> build datasets -> oracle scores -> stream ingestion
-(in-process bus into the in-memory feature store, checked against batch features) -> MLflow run.
-Later stages (ingestion, training, serving) join here as they land.
+(in-process bus into the in-memory feature store, checked against batch features) -> TokenMixer-Large ranker
+(short training budget, test metrics vs the oracle, export, MLflow registry alias ``champion``) -> MLflow run.
+Later stages (retrieval, TPP, allocation, serving) join here as they land.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 
 from pipelines.datasets import build_datasets
 from pipelines.ingest import IngestConfig, check_parity, run_ingest
+from pipelines.train_ranker import RankerTrainConfig, set_alias, train_ranker
 from recsys.config import PlatformConfig
 from recsys.data.loaders import load_kuailive
+from recsys.data.ranking import build_ranking_dataset
 from recsys.data.stats import stats_report, table2
 from recsys.data.synthetic import SynthConfig, generate
 from recsys.stream.replay import event_table
@@ -31,7 +34,13 @@ class QuickstartResult:
     stats: dict[str, int]
     oracle: dict[str, float]
     run_id: str | None
+    ranker: dict[str, float] = field(default_factory=dict)
+    ranker_dir: Path | None = None
     stage_s: dict[str, float] = field(default_factory=dict)
+
+
+#: Ranker training budget in the quickstart (steps of 2,048 samples; the benchmark trains longer).
+QUICKSTART_RANKER_STEPS = {"tiny": 40, "small": 150, "full": 300}
 
 
 def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstart", scale: str = "small",
@@ -44,12 +53,12 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_params({"scale": scale, "seed": seed, "data_dir": str(data_dir)})
 
         t0 = time.perf_counter()
-        echo(f"[1/5] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
+        echo(f"[1/6] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
         generate(data_dir, SynthConfig(scale=scale, seed=seed))
         stage_s["synth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        echo("[2/5] loading and validating the KuaiLive files")
+        echo("[2/6] loading and validating the KuaiLive files")
         data = load_kuailive(data_dir, cache_dir=data_dir / ".cache")
         stage_s["load"] = time.perf_counter() - t0
         report = stats_report(data)
@@ -57,17 +66,17 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_text(report, "stats.txt")
 
         t0 = time.perf_counter()
-        echo("[3/5] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
+        echo("[3/6] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
         ds = build_datasets(data, out / "datasets", truth_dir=data_dir / "truth")
         stage_s["datasets"] = time.perf_counter() - t0
         for k, v in ds.counts.items():
             echo(f"    {k:>28}: {v:,}")
 
-        echo("[4/5] oracle (ground-truth click probability) on the CTR test split")
+        echo("[4/6] oracle (ground-truth click probability) on the CTR test split")
         for k, v in ds.oracle.items():
             echo(f"    oracle.{k:<10} {v:.4f}")
         t0 = time.perf_counter()
-        echo("[5/5] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
+        echo("[5/6] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
              "in-memory feature store")
         ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False), events=event_table(data))
         stage_s["ingest"] = time.perf_counter() - t0
@@ -76,6 +85,24 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
              "features: " + ", ".join(f"{k} {'ok' if v else 'MISMATCH'}" for k, v in parity.items()))
         if not all(parity.values()):
             raise RuntimeError(f"online features differ from batch features: {parity}")
+        t0 = time.perf_counter()
+        steps = QUICKSTART_RANKER_STEPS[scale]
+        echo(f"[6/6] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
+             "metrics, export, MLflow registry")
+        rds = build_ranking_dataset(data, truth_dir=data_dir / "truth")
+        tcfg = RankerTrainConfig(model="tokenmixer", epochs=1, max_steps=steps, batch_size=2048 if scale != "tiny" else 512,
+                                 eval_every=max(steps // 3, 1), patience=3, seed=seed, latency_reps=30)
+        rk = train_ranker(rds, tcfg, config.tracking, export_dir=out / "ranker" / "tokenmixer")
+        stage_s["ranker"] = time.perf_counter() - t0
+        ranker = {k: rk.metrics[k] for k in ("test.auc", "test.uauc", "test.logloss", "oracle.auc",
+                                             "train_samples_per_s", "p99_ms") if k in rk.metrics}
+        echo("    " + ", ".join(f"{k} {v:.4f}" if v < 100 else f"{k} {v:,.0f}" for k, v in ranker.items()))
+        echo(f"    exported to {rk.export_dir}" + (f"; registered {tcfg.register_name} v{rk.model_version}"
+                                                    if rk.model_version else ""))
+        if rk.model_version and tcfg.register_name:
+            set_alias(tcfg.register_name, rk.model_version, "champion", config.tracking)
+            echo(f"    alias models:/{tcfg.register_name}@champion -> version {rk.model_version}")
+        tracker.log_metrics({"ranker": ranker})
         stats = table2(data)
         tracker.log_metrics({"ingest": {"events": ing.stats.processed, "events_per_s": ing.stats.events_per_s}})
         tracker.log_metrics({"oracle": ds.oracle, "counts": ds.counts, "stage_s": stage_s})
@@ -85,4 +112,4 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
                  f"({config.tracking.tracking_uri}); browse with: mlflow ui --backend-store-uri "
                  f"{config.tracking.tracking_uri}")
         return QuickstartResult(data_dir=data_dir, datasets_dir=ds.out_dir, stats=stats, oracle=ds.oracle,
-                                run_id=tracker.run_id, stage_s=stage_s)
+                                run_id=tracker.run_id, ranker=ranker, ranker_dir=rk.export_dir, stage_s=stage_s)

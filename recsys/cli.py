@@ -22,11 +22,9 @@ from recsys.config import PlatformConfig, load_config
 
 #: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
 PENDING: dict[str, tuple[int, str]] = {
-    "train ranker": (4, "TokenMixer / RankMixer multi-task ranker and baselines"),
     "train retrieval": (5, "GRank generate->rank retrieval and baselines"),
     "train tpp": (6, "streaming PromptTPP temporal point processes"),
     "train allocator": (7, "SL-MGAC live-stream allocation policy"),
-    "evaluate": (4, "model evaluation on the KuaiLive protocols"),
     "replay": (7, "offline replay of logged decisions"),
     "ope": (7, "off-policy evaluation with a report"),
     "serve": (8, "the FastAPI retrieve -> rank -> allocate service"),
@@ -189,6 +187,62 @@ def cmd_ingest(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
+RANKER_MODELS = ("tokenmixer", "rankmixer", "dcnv2", "deepfm", "wide_deep", "dnn", "tokenmixer_no_mixing",
+                 "tokenmixer_shared_ffn", "tokenmixer_no_moe")
+
+
+def _tracking(args: argparse.Namespace, cfg: PlatformConfig) -> PlatformConfig:
+    if getattr(args, "no_mlflow", False):
+        return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    return cfg
+
+
+def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    job = importlib.import_module("pipelines.train_ranker")
+    cfg = _tracking(args, cfg)
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
+    if args.lr <= 0 or args.embedding_lr <= 0:
+        raise CliError("--lr and --embedding-lr must be > 0", 2)
+    if args.alias and not cfg.tracking.enabled:
+        raise CliError("--alias needs MLflow tracking (drop --no-mlflow)", 2)
+    tcfg = job.RankerTrainConfig(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, embedding_lr=args.embedding_lr,
+        max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience, seed=args.seed,
+        device=args.device, progress=not args.quiet, register_name=args.register or None,
+    )
+    ds = job.load_ranking_dataset(_data_dir(args, cfg), cfg.data.cache_dir)
+    export = Path(args.export or f"runs/ranker/{args.model}")
+    res = job.train_ranker(ds, tcfg, cfg.tracking, export_dir=export)
+    for k in ("auc", "uauc", "logloss"):
+        print(f"{'test.' + k:>24}: {res.metrics['test.' + k]:.4f}")
+    if "oracle.auc" in res.metrics:
+        print(f"{'oracle.auc':>24}: {res.metrics['oracle.auc']:.4f}")
+    print(f"{'train_samples_per_s':>24}: {res.metrics['train_samples_per_s']:,.0f}")
+    print(f"{'p50_ms / p99_ms (500)':>24}: {res.metrics['p50_ms']:.1f} / {res.metrics['p99_ms']:.1f}")
+    print(f"exported to {res.export_dir}")
+    if res.run_id:
+        print(f"MLflow run {res.run_id} in {cfg.tracking.tracking_uri}")
+    if res.model_version:
+        print(f"registered as {tcfg.register_name} version {res.model_version}")
+        if args.alias:
+            job.set_alias(tcfg.register_name, res.model_version, args.alias, cfg.tracking)
+            print(f"alias models:/{tcfg.register_name}@{args.alias} -> version {res.model_version}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    job = importlib.import_module("pipelines.train_ranker")
+    if not Path(args.model_dir).is_dir():
+        raise CliError(f"--model-dir {args.model_dir} is not a directory (an export of `recsys train ranker`)", 2)
+    ds = job.load_ranking_dataset(_data_dir(args, cfg), cfg.data.cache_dir)
+    metrics = job.evaluate_export(args.model_dir, ds, args.split)
+    for k, v in metrics.items():
+        print(f"{k:>22}: {v:.4f}")
+    return 0
+
+
 def _pending(verb: str) -> Callable[[argparse.Namespace, PlatformConfig], int]:
     issue, what = PENDING[verb]
 
@@ -243,7 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model (ranker, retrieval, tpp, allocator)")
     tsub = train.add_subparsers(dest="train_command", required=True, metavar="MODEL")
-    for model in ("ranker", "retrieval", "tpp", "allocator"):
+    r = tsub.add_parser("ranker", help="multi-task ranker (TokenMixer-Large, RankMixer, baselines) on the CTR split")
+    r.add_argument("--model", choices=RANKER_MODELS, default="tokenmixer")
+    r.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+    r.add_argument("--epochs", type=int, default=2)
+    r.add_argument("--batch-size", type=int, default=2048)
+    r.add_argument("--lr", type=float, default=3e-3, help="dense learning rate (Adam)")
+    r.add_argument("--embedding-lr", type=float, default=1e-2, help="embedding-table learning rate (Adam)")
+    r.add_argument("--max-steps", type=int, default=0, help="step budget (0 = epochs only)")
+    r.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0 = each epoch)")
+    r.add_argument("--patience", type=int, default=2, help="validation checks without AUC gain before stopping")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    r.add_argument("--export", help="export directory (default: runs/ranker/<model>)")
+    r.add_argument("--register", default="kuailive-ranker", help="MLflow registered model name ('' = do not register)")
+    r.add_argument("--alias", help="set this registry alias (e.g. champion) on the new version")
+    r.add_argument("--no-mlflow", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_train_ranker)
+    for model in ("retrieval", "tpp", "allocator"):
         t = tsub.add_parser(model, help=PENDING[f"train {model}"][1])
         t.set_defaults(func=_pending(f"train {model}"))
     ing = sub.add_parser("ingest", help="replay events through Kafka (or in-process) into the feature store")
@@ -264,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--check-parity", action="store_true", help="compare the store with batch features")
     ing.add_argument("--quiet", action="store_true")
     ing.set_defaults(func=cmd_ingest)
-    for verb in ("evaluate", "replay", "ope", "serve"):
+    ev = sub.add_parser("evaluate", help="metrics of an exported ranker on a CTR split")
+    ev.add_argument("--model-dir", required=True, help="export directory of `recsys train ranker`")
+    ev.add_argument("--data", help="dataset directory")
+    ev.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    ev.set_defaults(func=cmd_evaluate)
+    for verb in ("replay", "ope", "serve"):
         sub.add_parser(verb, help=PENDING[verb][1]).set_defaults(func=_pending(verb))
     return p
 

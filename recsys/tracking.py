@@ -97,5 +97,6 @@ def tracking_run(config: TrackingConfig, run_name: str, tags: Mapping[str, str] 
     if mlflow.get_experiment_by_name(config.experiment) is None:
         mlflow.create_experiment(config.experiment, artifact_location=config.artifact_location)
     mlflow.set_experiment(config.experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+    nested = mlflow.active_run() is not None  # a job inside another job's run (e.g. training in quickstart)
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {}), nested=nested) as run:
         yield Tracker(run)

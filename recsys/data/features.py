@@ -15,12 +15,22 @@ from recsys.timeutil import MS_PER_MINUTE, cst_day, cst_hour
 _SHIFT = 36  # (dense key << 36) | (time - origin)
 
 
+def _packable(*arrays: np.ndarray) -> bool:
+    return all(a.size == 0 or (int(a.min()) >= 0 and int(a.max()) < 1 << 31) for a in arrays)
+
+
+def _pack(pairs: np.ndarray) -> np.ndarray:
+    return (pairs[:, 0].astype(np.int64) << 31) | pairs[:, 1].astype(np.int64)
+
+
 def _composite(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense-key composites for events and queries, plus each query's group start composite."""
     keys = np.asarray(keys)
     q_keys = np.asarray(q_keys)
-    if keys.ndim == 2:  # multi-column keys: make them dense ids
+    if keys.ndim == 2 and keys.shape[1] == 2 and _packable(keys, q_keys):  # pairs of ids: one int64 each
+        keys, q_keys = _pack(keys), _pack(q_keys)
+    if keys.ndim == 2:  # other multi-column keys: make them dense ids
         allk = np.concatenate([keys, q_keys])
         _, inv = np.unique(allk, axis=0, return_inverse=True)
     else:
@@ -111,3 +121,15 @@ def context_features(samples: pl.DataFrame, rooms: pl.DataFrame) -> pl.DataFrame
             "weekday": (cst_day(t) + 3) % 7,  # 0 = Monday (1970-01-01 was a Thursday)
         }
     )
+
+
+def last_before(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times: np.ndarray) -> np.ndarray:
+    """For each query (key, t): the latest event time with the same key and time < t, or -1 when there is none."""
+    ec, qc, qbase = _composite(keys, times, q_keys, q_times)
+    order = np.argsort(ec, kind="stable")
+    ec = ec[order]
+    t_sorted = np.asarray(times, dtype=np.int64)[order]
+    pos = np.searchsorted(ec, qc, side="left") - 1
+    start = np.searchsorted(ec, qbase, side="left")
+    found = pos >= start
+    return np.where(found, t_sorted[np.clip(pos, 0, None)] if t_sorted.size else -1, -1)

@@ -32,3 +32,24 @@ def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     assert run.data.metrics["oracle.auc"] == pytest.approx(res.oracle["auc"])
     assert run.data.params["scale"] == "tiny"
     assert "stats.txt" in {a.path for a in client.list_artifacts(res.run_id)}
+
+    # the ranker stage: trained, evaluated against the oracle, exported, registered with the champion alias
+    assert 0.5 < res.ranker["test.auc"] <= 1.0
+    assert res.ranker["oracle.auc"] == pytest.approx(res.oracle["auc"])
+    assert (res.ranker_dir / "weights.pt").exists()
+    version = client.get_model_version_by_alias("kuailive-ranker", "champion")
+    ranker_run = client.get_run(version.run_id)
+    assert ranker_run.data.tags["model"] == "tokenmixer"
+    assert "learning_curve.png" in {a.path for a in client.list_artifacts(version.run_id)}
+    assert ranker_run.data.metrics["test.auc"] == pytest.approx(res.ranker["test.auc"])
+
+    # it loads back through MLflow (pyfunc, by alias) and scores the logged input example
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/kuailive-ranker@champion")
+    example = model.input_example
+    pred = model.predict(example)
+    assert list(pred.columns) == ["click", "watch_s", "comment", "like", "gift", "gift_value"]
+    assert len(pred) == len(example) and pred["click"].between(0, 1).all()
+

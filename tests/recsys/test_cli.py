@@ -118,7 +118,7 @@ def test_stats_prints_table2(tiny: SynthResult, data_dir: Path, tmp_path: Path,
 
 
 # --------------------------------------------------------------------------------------------------------- verbs
-@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "ranker"], 4)])
+@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "retrieval"], 5)])
 def test_pending_verb(argv: list[str], issue: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -174,3 +174,42 @@ def test_bench_synth_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_bench_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "nope", "--scale", "tiny"]) == 2
     assert "synth" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------- ranker
+def test_train_ranker_then_evaluate(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "export"
+    argv = ["train", "ranker", "--model", "dnn", "--data", str(data_dir), "--epochs", "1", "--max-steps", "8",
+            "--batch-size", "256", "--export", str(export), "--no-mlflow", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    auc_line = next(line for line in out.splitlines() if "test.auc" in line)
+    assert 0.0 < float(auc_line.split(":")[1]) <= 1.0
+    assert (export / "weights.pt").exists() and (export / "spec.json").exists()
+    assert main(["evaluate", "--model-dir", str(export), "--data", str(data_dir)]) == 0
+    evaluated = capsys.readouterr().out
+    assert float(next(line for line in evaluated.splitlines() if line.strip().startswith("auc:")).split(":")[1]) \
+        == pytest.approx(float(auc_line.split(":")[1]), abs=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lr", "-1"], "--lr and --embedding-lr must be > 0"),
+    (["--alias", "champion", "--no-mlflow"], "--alias needs MLflow tracking"),
+])
+def test_train_ranker_bad_flags(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "ranker", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_ranker_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "ranker", "--model", "xgboost"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'xgboost'" in capsys.readouterr().err
+
+
+def test_evaluate_missing_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model-dir", str(tmp_path / "nope")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+

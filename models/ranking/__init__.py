@@ -1,0 +1,1 @@
+"""Multi-task ranking models: TorchRec feature encoder, TokenMixer-Large / RankMixer backbones, CTR baselines, heads."""

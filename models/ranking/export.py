@@ -1,0 +1,67 @@
+"""The ranker's export format: what the ranking service loads, without the training code path.
+
+A directory with
+
+- ``ranker.json``: :class:`~models.ranking.ranker.RankerConfig` (model name, backbone and encoder sizes);
+- ``spec.json``: :class:`~recsys.data.ranking.RankingFeatureSpec` (vocabularies, sequence lengths, dense layout);
+- ``user_ids.npy`` / ``streamer_ids.npy``: the raw ids of the embedding rows (row = 1 + position);
+- ``weights.pt``: the ``state_dict`` (loaded with ``weights_only=True``).
+
+This is the one place in ``models`` that touches files: the format has to be shared by the trainer
+(``pipelines``) and the service (``serving``), which may not import each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.ranking.ranker import Ranker, RankerConfig
+from recsys.data.ranking import IdIndex, RankingFeatureSpec
+
+FORMAT_VERSION = 1
+FILES = ("ranker.json", "spec.json", "user_ids.npy", "streamer_ids.npy", "weights.pt")
+
+
+@dataclass
+class LoadedRanker:
+    model: Ranker
+    user_index: IdIndex
+    streamer_index: IdIndex
+    meta: dict
+
+
+def save_ranker(model: Ranker, directory: str | Path, user_index: IdIndex, streamer_index: IdIndex,
+                meta: dict | None = None) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ranker.json").write_text(model.cfg.to_json())
+    (d / "spec.json").write_text(model.spec.to_json())
+    np.save(d / "user_ids.npy", user_index.ids)
+    np.save(d / "streamer_ids.npy", streamer_index.ids)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, d / "weights.pt")
+    (d / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **(meta or {})}, indent=1))
+    return d
+
+
+def load_ranker(directory: str | Path, device: str | torch.device = "cpu") -> LoadedRanker:
+    d = Path(directory)
+    missing = [f for f in FILES if not (d / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{d} is not a ranker export: missing {', '.join(missing)}")
+    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ValueError(f"{d}: export format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    cfg = RankerConfig.from_json((d / "ranker.json").read_text())
+    spec = RankingFeatureSpec.from_json((d / "spec.json").read_text())
+    model = Ranker(spec, cfg)
+    state = torch.load(d / "weights.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedRanker(model=model, user_index=IdIndex(np.load(d / "user_ids.npy")),
+                        streamer_index=IdIndex(np.load(d / "streamer_ids.npy")), meta=meta)

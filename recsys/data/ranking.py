@@ -1,0 +1,498 @@
+"""Ranking features: everything the multi-task ranker reads about an exposure (user, room, t), from the past only.
+
+The layout follows the token groups of the ranking brief (§9):
+
+| group | content | arrays |
+|---|---|---|
+| user profile | user id, 20 profile buckets, past activity counts | ``user_idx``, ``user_profile``, dense ``user`` |
+| streamer profile | candidate streamer id, 22 profile buckets, past popularity | ``streamer_idx``, ``streamer_profile``, dense ``streamer`` |
+| room and context | live type, category, CST hour and weekday, room-age bucket, title embedding | ``context``, ``title`` |
+| short-term interest | the user's last ``seq_len`` clicked streamers with time-gap buckets | ``hist["hist_click"]``, ``hist_gap`` |
+| multi-behaviour | the user's last ``behaviour_len`` commented / liked / gifted streamers | ``hist["hist_comment"|...]`` |
+| user x streamer | past clicks, finished watch minutes, comments, likes, gifts on this streamer; hours since last visit | dense ``cross`` |
+| real-time | clicks / comments / gifts in the room in the last 5 and 30 minutes, room age | dense ``realtime`` |
+
+**Point in time.** A feature of a sample at ``t`` reads events with timestamp strictly before ``t``; a past click's
+watch time counts only once the session is over (``ts + watch <= t``). Histories are stored once, sorted by
+(user, time), and every sample keeps the *end position* of its window (``searchsorted(..., side="left")``), so a
+batch gathers ``[end - L, end)`` and can never see ``t`` or later.
+
+**Labels** (clicked rows only, except click): watch time as ``log1p(seconds)``; comment / like / gift when the user
+did it in the same room during the watched session ``[t, t + watch]``; gift value = the sum of those gift prices.
+
+``FeatureArrays`` is the model input in plain numpy, shared by training (from the tables) and serving (from the
+online store); :class:`RankingFeatureSpec` is what a model needs to be built and served (vocabulary sizes and
+encoders), saved next to every exported model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys.data.builders import attach_oracle, ctr_samples
+from recsys.data.features import count_before, last_before, sum_before
+from recsys.data.loaders import KuaiLiveData
+from recsys.data.schema import STREAMER_PROFILE_COLUMNS, TITLE_EMBEDDING_DIM, USER_PROFILE_COLUMNS
+from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE, cst_day, cst_hour
+
+SEQ_KEYS: tuple[str, ...] = ("hist_click", "hist_comment", "hist_like", "hist_gift")
+CONTEXT_COLUMNS: tuple[str, ...] = ("live_type", "live_content_category", "hour", "weekday", "room_age_bucket")
+DENSE_FEATURES: dict[str, tuple[str, ...]] = {
+    "user": ("u_clicks", "u_watch_min", "u_comments", "u_likes", "u_gifts", "u_exposures", "u_ctr"),
+    "streamer": ("s_clicks", "s_gifts", "s_exposures", "s_ctr"),
+    "cross": ("us_clicks", "us_watch_min", "us_comments", "us_likes", "us_gifts", "us_hours_since_last", "us_never",
+              "us_exposures", "us_ctr", "uc_clicks", "uc_exposures", "uc_ctr"),
+    "realtime": ("room_clicks_5m", "room_clicks_30m", "room_comments_30m", "room_gifts_30m", "room_clicks_before",
+                 "room_age_min"),
+}
+DENSE_COLUMNS: tuple[str, ...] = tuple(c for cols in DENSE_FEATURES.values() for c in cols)
+#: Multi-task targets: click on every row, the rest on clicked rows.
+TASKS: tuple[str, ...] = ("click", "watch", "comment", "like", "gift")
+N_GAP_BUCKETS = 16
+N_AGE_BUCKETS = 14
+_SHIFT = 36
+
+
+def _profile_strings(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Profile columns as strings; date-like columns reduced to the year (thousands of dates, few years)."""
+    exprs = []
+    for c in columns:
+        e = pl.col(c).cast(pl.String)
+        if "timestamp" in c:
+            e = e.str.slice(0, 4)
+        exprs.append(e.fill_null("<null>").alias(c))
+    return df.select(exprs)
+
+
+@dataclass
+class CategoricalVocab:
+    """Several categorical columns in one embedding table: id = 1 + offset(column) + rank of the value; 0 = unseen."""
+
+    columns: tuple[str, ...]
+    values: dict[str, list[str]]
+
+    @classmethod
+    def fit(cls, df: pl.DataFrame, columns: tuple[str, ...]) -> "CategoricalVocab":
+        return cls(columns=tuple(columns), values={c: sorted(set(df[c].cast(pl.String).to_list())) for c in columns})
+
+    @property
+    def offsets(self) -> list[int]:
+        out, acc = [], 0
+        for c in self.columns:
+            out.append(acc)
+            acc += len(self.values[c])
+        return out
+
+    @property
+    def size(self) -> int:
+        """Rows of the table, including the unseen id 0."""
+        return 1 + sum(len(v) for v in self.values.values())
+
+    def encode(self, df: pl.DataFrame) -> np.ndarray:
+        """[n, n_columns] int64 ids; values never seen at fit time map to 0."""
+        out = np.zeros((df.height, len(self.columns)), dtype=np.int64)
+        for j, (c, off) in enumerate(zip(self.columns, self.offsets)):
+            mapping = pl.DataFrame({c: self.values[c], "_id": np.arange(1, len(self.values[c]) + 1) + off},
+                                   schema={c: pl.String, "_id": pl.Int64})
+            ids = df.select(pl.col(c).cast(pl.String)).join(mapping, on=c, how="left", maintain_order="left")["_id"]
+            out[:, j] = ids.fill_null(0).to_numpy()
+        return out
+
+
+@dataclass
+class IdIndex:
+    """Raw ids -> contiguous rows 1..n (0 = unknown id)."""
+
+    ids: np.ndarray  # sorted unique raw ids
+
+    def lookup(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.int64)
+        if self.ids.size == 0:
+            return np.zeros(raw.shape, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.ids, raw), 0, self.ids.size - 1)
+        return np.where(self.ids[pos] == raw, pos + 1, 0).astype(np.int64)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.size) + 1
+
+
+@dataclass
+class RankingFeatureSpec:
+    """Sizes and encoders: what a ranker needs to be built, and what serving needs to encode raw inputs."""
+
+    n_users: int  # table rows incl. the unknown row 0
+    n_streamers: int
+    user_vocab: CategoricalVocab
+    streamer_vocab: CategoricalVocab
+    context_vocab: CategoricalVocab
+    seq_len: int = 50
+    behaviour_len: int = 20
+    title_dim: int = TITLE_EMBEDDING_DIM
+    dense_features: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DENSE_FEATURES))
+
+    @property
+    def seq_lengths(self) -> dict[str, int]:
+        return {k: (self.seq_len if k == "hist_click" else self.behaviour_len) for k in SEQ_KEYS}
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RankingFeatureSpec":
+        d = json.loads(text)
+        for k in ("user_vocab", "streamer_vocab", "context_vocab"):
+            v = d[k]
+            d[k] = CategoricalVocab(columns=tuple(v["columns"]), values=v["values"])
+        d["dense_features"] = {k: tuple(v) for k, v in d["dense_features"].items()}
+        return cls(**d)
+
+
+@dataclass
+class FeatureArrays:
+    """One batch of model inputs (numpy). Shapes: B rows; L_k per history key."""
+
+    user_idx: np.ndarray  # [B] int64
+    streamer_idx: np.ndarray  # [B] int64
+    user_profile: np.ndarray  # [B, 20] int64 (user_vocab ids)
+    streamer_profile: np.ndarray  # [B, 22] int64
+    context: np.ndarray  # [B, 5] int64 (context_vocab ids)
+    title: np.ndarray  # [B, title_dim] float32
+    dense: np.ndarray  # [B, n_dense] float32, already log1p-scaled
+    hist: dict[str, np.ndarray]  # key -> [B, L_k] int64 streamer rows, oldest first, left-aligned
+    hist_len: dict[str, np.ndarray]  # key -> [B] int64
+    hist_gap: np.ndarray  # [B, seq_len] int64 time-gap bucket of each hist_click event (0 = padding)
+
+    def __len__(self) -> int:
+        return int(self.user_idx.shape[0])
+
+
+@dataclass
+class EventHistory:
+    """Events of one kind sorted by (user row, time); ``window`` gathers the ``L`` events before each end position."""
+
+    items: np.ndarray  # streamer rows
+    times: np.ndarray  # epoch ms
+    user_start: np.ndarray  # [n_users] first position of each user row
+    composite: np.ndarray  # (user << 36) | (time - origin), sorted
+    origin: int
+
+    @classmethod
+    def build(cls, user_rows: np.ndarray, times: np.ndarray, items: np.ndarray, n_users: int,
+              origin: int) -> "EventHistory":
+        comp = (np.asarray(user_rows, np.int64) << _SHIFT) | (np.asarray(times, np.int64) - origin)
+        order = np.argsort(comp, kind="stable")
+        comp = comp[order]
+        user_start = np.searchsorted(comp, np.arange(n_users, dtype=np.int64) << _SHIFT, side="left")
+        return cls(items=np.asarray(items, np.int64)[order], times=np.asarray(times, np.int64)[order],
+                   user_start=user_start, composite=comp, origin=origin)
+
+    def end_positions(self, user_rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Position one past the user's last event strictly before ``t``."""
+        q = (np.asarray(user_rows, np.int64) << _SHIFT) | (np.asarray(t, np.int64) - self.origin)
+        return np.searchsorted(self.composite, q, side="left")
+
+    def window(self, user_rows: np.ndarray, end: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items [B, L], times [B, L], lengths [B]) of the events in [max(user start, end - L), end)."""
+        start = np.maximum(self.user_start[user_rows], end - length)
+        lengths = (end - start).astype(np.int64)
+        pos = start[:, None] + np.arange(length)[None, :]
+        valid = np.arange(length)[None, :] < lengths[:, None]
+        pos = np.where(valid, pos, 0)
+        if self.items.size == 0:
+            return np.zeros(pos.shape, np.int64), np.zeros(pos.shape, np.int64), lengths
+        return np.where(valid, self.items[pos], 0), np.where(valid, self.times[pos], 0), lengths
+
+
+def gap_bucket(gap_ms: np.ndarray) -> np.ndarray:
+    """Time-gap buckets 1..N_GAP_BUCKETS-1 on a log2 scale of minutes (0 is reserved for padding)."""
+    minutes = np.maximum(np.asarray(gap_ms, np.float64), 0) / MS_PER_MINUTE
+    return np.clip(1 + np.floor(np.log2(1 + minutes)).astype(np.int64), 1, N_GAP_BUCKETS - 1)
+
+
+def age_bucket(age_min: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(np.log2(1 + np.maximum(age_min, 0))).astype(np.int64), 0, N_AGE_BUCKETS - 1)
+
+
+# ------------------------------------------------------------------------------------------------ per-sample tables
+def _count_window(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  values: np.ndarray | None = None) -> np.ndarray:
+    """Count (or sum of ``values``) of events with the same key and lo <= time <= hi."""
+    if values is None:
+        return count_before(keys, times, q_keys, hi, inclusive=True) - count_before(keys, times, q_keys, lo)
+    return sum_before(keys, times, values, q_keys, hi, inclusive=True) - sum_before(keys, times, values, q_keys, lo)
+
+
+def _count_recent(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, t: np.ndarray, minutes: int) -> np.ndarray:
+    """Events with the same key in [t - minutes, t)."""
+    return count_before(keys, times, q_keys, t) - count_before(keys, times, q_keys, t - minutes * MS_PER_MINUTE)
+
+
+#: Prior of the smoothed click-through rates: (clicks + PRIOR_CTR * PRIOR_N) / (exposures + PRIOR_N).
+PRIOR_CTR, PRIOR_N = 0.28, 5.0
+
+
+def _smoothed_ctr(clicks: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+    return (clicks + PRIOR_CTR * PRIOR_N) / (exposures + PRIOR_N)
+
+
+def dense_features(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """The raw (unscaled) dense features of :data:`DENSE_COLUMNS` for each (user, live, streamer, t) sample.
+
+    Exposures are the past rows of ``click.csv`` and ``negative.csv`` (the impression log); ``*_ctr`` are their
+    smoothed click-through rates for the user, the streamer, the user x streamer pair and the user x room category.
+    """
+    su, ss, sl, st = (samples[c].to_numpy() for c in ("user_id", "streamer_id", "live_id", "timestamp"))
+    qpair = np.stack([su, ss], axis=1)
+    clicks = tables["click"]
+    cu, cs, cl, ct, cw = (clicks[c].to_numpy() for c in ("user_id", "streamer_id", "live_id", "timestamp",
+                                                          "watch_live_time"))
+    pair = np.stack([cu, cs], axis=1)
+    ended = ct + cw
+    out: dict[str, np.ndarray] = {
+        "u_clicks": count_before(cu, ct, su, st),
+        "u_watch_min": sum_before(cu, ended, cw / MS_PER_MINUTE, su, st, inclusive=True),
+        "s_clicks": count_before(cs, ct, ss, st),
+        "us_clicks": count_before(pair, ct, qpair, st),
+        "us_watch_min": sum_before(pair, ended, cw / MS_PER_MINUTE, qpair, st, inclusive=True),
+        "room_clicks_5m": _count_recent(cl, ct, sl, st, 5),
+        "room_clicks_30m": _count_recent(cl, ct, sl, st, 30),
+        "room_clicks_before": count_before(cl, ct, sl, st),
+    }
+    neg = tables["negative"]
+    nu, ns, nt = (neg[c].to_numpy() for c in ("user_id", "streamer_id", "timestamp"))
+    eu, es, et = np.r_[cu, nu], np.r_[cs, ns], np.r_[ct, nt]
+    out["u_exposures"] = count_before(eu, et, su, st)
+    out["s_exposures"] = count_before(es, et, ss, st)
+    out["us_exposures"] = count_before(np.stack([eu, es], axis=1), et, qpair, st)
+    cat = _room_category(tables["rooms"])
+    q_cat = _lookup_category(cat, sl)
+    e_cat = _lookup_category(cat, np.r_[cl, neg["live_id"].to_numpy()])
+    c_cat = e_cat[: cl.size]
+    out["uc_clicks"] = count_before(np.stack([cu, c_cat], axis=1), ct, np.stack([su, q_cat], axis=1), st)
+    out["uc_exposures"] = count_before(np.stack([eu, e_cat], axis=1), et, np.stack([su, q_cat], axis=1), st)
+    out["u_ctr"] = _smoothed_ctr(out["u_clicks"], out["u_exposures"])
+    out["s_ctr"] = _smoothed_ctr(out["s_clicks"], out["s_exposures"])
+    out["us_ctr"] = _smoothed_ctr(out["us_clicks"], out["us_exposures"])
+    out["uc_ctr"] = _smoothed_ctr(out["uc_clicks"], out["uc_exposures"])
+    last = last_before(pair, ct, qpair, st)
+    out["us_never"] = (last < 0).astype(np.float64)
+    out["us_hours_since_last"] = np.where(last < 0, 0.0, (st - last) / MS_PER_HOUR)
+    for name in ("comment", "like", "gift"):
+        df = tables.get(name)
+        if df is None or df.height == 0:
+            df = pl.DataFrame(schema={"user_id": pl.Int64, "streamer_id": pl.Int64, "live_id": pl.Int64,
+                                      "timestamp": pl.Int64})
+        eu, es, el, et = (df[c].to_numpy() for c in ("user_id", "streamer_id", "live_id", "timestamp"))
+        out[f"u_{name}s"] = count_before(eu, et, su, st)
+        out[f"us_{name}s"] = count_before(np.stack([eu, es], axis=1).reshape(-1, 2), et, qpair, st)
+        if name != "like":
+            out[f"room_{name}s_30m"] = _count_recent(el, et, sl, st, 30)
+        if name == "gift":
+            out["s_gifts"] = count_before(es, et, ss, st)
+    rooms = tables["rooms"].select("live_id", "start_timestamp")
+    start = samples.select("live_id").join(rooms, on="live_id", how="left", maintain_order="left")["start_timestamp"]
+    out["room_age_min"] = np.maximum(st - start.fill_null(pl.Series(st)).to_numpy(), 0) / MS_PER_MINUTE
+    return pl.DataFrame({c: np.asarray(out[c], dtype=np.float64) for c in DENSE_COLUMNS})
+
+
+def _room_category(rooms: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted live ids, category code) with codes 0..C-1 in :data:`VOCABULARIES` order, C for unknown."""
+    from recsys.data.schema import VOCABULARIES
+
+    cats = list(VOCABULARIES["live_content_category"])
+    r = rooms.select("live_id", "live_content_category").sort("live_id")
+    code = np.array([cats.index(c) if c in cats else len(cats) for c in r["live_content_category"].to_list()],
+                    dtype=np.int64)
+    return r["live_id"].to_numpy(), code
+
+
+def _lookup_category(cat: tuple[np.ndarray, np.ndarray], live: np.ndarray) -> np.ndarray:
+    ids, code = cat
+    if ids.size == 0:
+        return np.full(live.shape, 99, np.int64)
+    pos = np.clip(np.searchsorted(ids, live), 0, ids.size - 1)
+    return np.where(ids[pos] == live, code[pos], 99)
+
+
+def scale_dense(raw: np.ndarray) -> np.ndarray:
+    """log1p of the non-negative counts and durations (the one transform, at training and at serving)."""
+    return np.log1p(np.maximum(np.asarray(raw, np.float64), 0)).astype(np.float32)
+
+
+def task_labels(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Multi-task labels; behaviour labels count events by the user in the same room during ``[t, t + watch]``."""
+    su, sl, st = (samples[c].to_numpy() for c in ("user_id", "live_id", "timestamp"))
+    clicked = samples["label"].to_numpy().astype(bool)
+    watch = samples["watch_live_time"].fill_null(0).to_numpy().astype(np.int64)
+    end = st + np.where(clicked, watch, 0)
+    q = np.stack([su, sl], axis=1)
+    out = {"click": clicked.astype(np.float32), "watch": np.where(clicked, np.log1p(watch / 1000.0), 0.0)}
+    for name in ("comment", "like", "gift"):
+        df = tables.get(name)
+        if df is None or df.height == 0:
+            out[name] = np.zeros(su.size)
+            if name == "gift":
+                out["gift_value"] = np.zeros(su.size)
+            continue
+        keys = np.stack([df["user_id"].to_numpy(), df["live_id"].to_numpy()], axis=1)
+        et = df["timestamp"].to_numpy()
+        n = _count_window(keys, et, q, st, end)
+        out[name] = np.where(clicked, (n > 0).astype(np.float64), 0.0)
+        if name == "gift":
+            value = _count_window(keys, et, q, st, end, values=df["gift_price"].to_numpy())
+            out["gift_value"] = np.where(clicked, value, 0.0)
+    return pl.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
+
+
+# ------------------------------------------------------------------------------------------------ the dataset
+@dataclass
+class RankingDataset:
+    """CTR samples with their features; :meth:`arrays` assembles a batch of :class:`FeatureArrays`."""
+
+    spec: RankingFeatureSpec
+    user_index: IdIndex
+    streamer_index: IdIndex
+    samples: pl.DataFrame  # user_id, live_id, streamer_id, timestamp, split, labels, p_true (synthetic)
+    dense: np.ndarray  # [N, n_dense] float32 scaled
+    context: np.ndarray  # [N, 5]
+    title_row: np.ndarray  # [N] row of ``title_table``
+    user_profile: np.ndarray  # [n_users, 20] by user row
+    streamer_profile: np.ndarray  # [n_streamers, 22] by streamer row
+    title_table: np.ndarray  # [n_titles + 1, title_dim] float32, row 0 = zeros
+    histories: dict[str, EventHistory]
+    ends: dict[str, np.ndarray]  # key -> [N] end positions
+    user_rows: np.ndarray  # [N]
+    streamer_rows: np.ndarray  # [N]
+    timestamps: np.ndarray  # [N]
+    info: dict[str, int] = field(default_factory=dict)
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero((self.samples["split"] == split).to_numpy())
+
+    def labels(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: self.samples[k].to_numpy()[rows] for k in (*TASKS, "gift_value")}
+
+    def arrays(self, rows: np.ndarray) -> FeatureArrays:
+        rows = np.asarray(rows)
+        u = self.user_rows[rows]
+        t = self.timestamps[rows]
+        hist, hist_len = {}, {}
+        gap = np.zeros((rows.size, self.spec.seq_len), np.int64)
+        for key, length in self.spec.seq_lengths.items():
+            items, times, lens = self.histories[key].window(u, self.ends[key][rows], length)
+            hist[key], hist_len[key] = items, lens
+            if key == "hist_click":
+                valid = np.arange(length)[None, :] < lens[:, None]
+                gap = np.where(valid, gap_bucket(t[:, None] - times), 0)
+        return FeatureArrays(
+            user_idx=u, streamer_idx=self.streamer_rows[rows], user_profile=self.user_profile[u],
+            streamer_profile=self.streamer_profile[self.streamer_rows[rows]], context=self.context[rows],
+            title=self.title_table[self.title_row[rows]], dense=self.dense[rows], hist=hist, hist_len=hist_len,
+            hist_gap=gap,
+        )
+
+
+def _title_table(data: KuaiLiveData) -> np.ndarray:
+    emb = data.title_embeddings
+    if emb is None:
+        return np.zeros((1, TITLE_EMBEDDING_DIM), np.float32)
+    return np.vstack([np.zeros((1, emb.shape[1]), np.float32), np.asarray(emb, np.float32)])
+
+
+def context_table(samples: pl.DataFrame, rooms: pl.DataFrame) -> pl.DataFrame:
+    """Context columns (strings) and the title row of each sample."""
+    j = samples.select("live_id", "timestamp").join(
+        rooms.select("live_id", "start_timestamp", "live_type", "live_content_category", "live_name_id"),
+        on="live_id", how="left", maintain_order="left")
+    t = j["timestamp"].to_numpy()
+    start = j["start_timestamp"].fill_null(j["timestamp"]).to_numpy()
+    return pl.DataFrame({
+        "live_type": j["live_type"].cast(pl.String).fill_null("<null>"),
+        "live_content_category": j["live_content_category"].fill_null("<null>"),
+        "hour": pl.Series(cst_hour(t)).cast(pl.String),
+        "weekday": pl.Series((cst_day(t) + 3) % 7).cast(pl.String),
+        "room_age_bucket": pl.Series(age_bucket((t - start) / MS_PER_MINUTE)).cast(pl.String),
+        "_title_row": (j["live_name_id"].fill_null(-1) + 1).cast(pl.Int64),
+    })
+
+
+def _context_vocab() -> CategoricalVocab:
+    """Context values are known in advance; the vocabulary does not depend on the data."""
+    from recsys.data.schema import VOCABULARIES
+
+    values = {
+        "live_type": sorted({"0", "1", "2", "3", "<null>"}),
+        "live_content_category": sorted({*VOCABULARIES["live_content_category"], "<null>"}),
+        "hour": sorted(str(h) for h in range(24)),
+        "weekday": sorted(str(d) for d in range(7)),
+        "room_age_bucket": sorted(str(b) for b in range(N_AGE_BUCKETS)),
+    }
+    return CategoricalVocab(columns=CONTEXT_COLUMNS, values=values)
+
+
+def build_ranking_dataset(data: KuaiLiveData, truth_dir: str | Path | None = None, seq_len: int = 50,
+                          behaviour_len: int = 20) -> RankingDataset:
+    """CTR samples (clicks vs negatives, chronological 8:1:1) with every ranking feature and task label."""
+    t = data.tables
+    for name in ("click", "negative", "rooms", "user", "streamer"):
+        if name not in t:
+            raise ValueError(f"the ranking dataset needs the {name!r} table; load it with load_kuailive")
+    samples, info = ctr_samples(t["click"], t["negative"])
+    if truth_dir is not None and Path(truth_dir, "exposures.parquet").exists():
+        samples = attach_oracle(samples, truth_dir)
+    labels = task_labels(samples, t)
+    samples = pl.concat([samples, labels.drop("click")], how="horizontal").with_columns(
+        pl.col("label").cast(pl.Float32).alias("click"))
+    dense = scale_dense(dense_features(samples, t).to_numpy())
+
+    user_index = IdIndex(np.unique(t["user"]["user_id"].to_numpy()))
+    streamer_index = IdIndex(np.unique(t["streamer"]["streamer_id"].to_numpy()))
+    uprof = _profile_strings(t["user"].sort("user_id"), tuple(USER_PROFILE_COLUMNS))
+    sprof = _profile_strings(t["streamer"].sort("streamer_id"), tuple(STREAMER_PROFILE_COLUMNS))
+    user_vocab = CategoricalVocab.fit(uprof, tuple(USER_PROFILE_COLUMNS))
+    streamer_vocab = CategoricalVocab.fit(sprof, tuple(STREAMER_PROFILE_COLUMNS))
+    user_profile = np.vstack([np.zeros((1, len(USER_PROFILE_COLUMNS)), np.int64), user_vocab.encode(uprof)])
+    streamer_profile = np.vstack([np.zeros((1, len(STREAMER_PROFILE_COLUMNS)), np.int64),
+                                  streamer_vocab.encode(sprof)])
+    ctx_vocab = _context_vocab()
+    ctx = context_table(samples, t["rooms"])
+    title_table = _title_table(data)
+    title_row = ctx["_title_row"].to_numpy()
+    title_row = np.where((title_row >= 0) & (title_row < title_table.shape[0]), title_row, 0)
+
+    spec = RankingFeatureSpec(n_users=user_index.size, n_streamers=streamer_index.size, user_vocab=user_vocab,
+                              streamer_vocab=streamer_vocab, context_vocab=ctx_vocab, seq_len=seq_len,
+                              behaviour_len=behaviour_len, title_dim=title_table.shape[1])
+    user_rows = user_index.lookup(samples["user_id"].to_numpy())
+    ts = samples["timestamp"].to_numpy()
+    seq_tables = {key: t.get(name) for key, name in zip(SEQ_KEYS, ("click", "comment", "like", "gift"))}
+    empty = pl.DataFrame(schema={"user_id": pl.Int64, "streamer_id": pl.Int64, "timestamp": pl.Int64})
+    seq_tables = {k: (v if v is not None else empty) for k, v in seq_tables.items()}
+    origin = min([int(ts.min())] + [int(v["timestamp"].min()) for v in seq_tables.values() if v.height]) - 1
+    histories, ends = {}, {}
+    for key, df in seq_tables.items():
+        h = EventHistory.build(user_index.lookup(df["user_id"].to_numpy()), df["timestamp"].to_numpy(),
+                               streamer_index.lookup(df["streamer_id"].to_numpy()), user_index.size, origin)
+        histories[key] = h
+        ends[key] = h.end_positions(user_rows, ts)
+    return RankingDataset(
+        spec=spec, user_index=user_index, streamer_index=streamer_index, samples=samples, dense=dense,
+        context=ctx_vocab.encode(ctx), title_row=title_row, user_profile=user_profile,
+        streamer_profile=streamer_profile, title_table=title_table, histories=histories, ends=ends,
+        user_rows=user_rows, streamer_rows=streamer_index.lookup(samples["streamer_id"].to_numpy()), timestamps=ts,
+        info={**info, "n_samples": samples.height},
+    )
+
+
+__all__ = [
+    "CONTEXT_COLUMNS", "DENSE_COLUMNS", "DENSE_FEATURES", "SEQ_KEYS", "TASKS", "CategoricalVocab", "EventHistory",
+    "FeatureArrays", "IdIndex", "RankingDataset", "RankingFeatureSpec", "build_ranking_dataset", "context_table",
+    "dense_features", "gap_bucket", "scale_dense", "task_labels",
+]
