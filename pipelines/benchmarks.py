@@ -146,7 +146,7 @@ def _synthetic_dir(scale: str, cfg: PlatformConfig, seed: int, tmp: str) -> Path
 #: Training budget of ``bench ranker``, the same for every model.
 RANKER_BUDGET: dict[str, dict[str, Any]] = {
     "tiny": {"epochs": 2, "batch_size": 512, "eval_every": 20, "patience": 2},
-    "small": {"epochs": 2, "batch_size": 2048, "eval_every": 115, "patience": 2},
+    "small": {"epochs": 3, "batch_size": 2048, "eval_every": 115, "patience": 3},
     "full": {"epochs": 1, "batch_size": 4096, "eval_every": 500, "patience": 2},
 }
 

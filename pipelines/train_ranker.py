@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 class RankerTrainConfig:
     model: str = "tokenmixer"
     epochs: int = 2
-    batch_size: int = 1024
-    lr: float = 2e-3
-    embedding_lr: float = 2e-3
+    batch_size: int = 2048
+    lr: float = 3e-3
+    embedding_lr: float = 1e-2
     weight_decay: float = 0.0
     eval_every: int = 0  # steps between validation checks; 0 = once per epoch
     patience: int = 2  # validation checks without improvement before stopping

@@ -9,7 +9,7 @@ Groups (ranking brief §9; T = 7 groups + TokenMixer's global token = 8 tokens):
 | 2 | room and context: context fields, projected title embedding | 5 * field_dim + id_dim |
 | 3 | short-term interest: DIN target attention of the candidate over the last clicked streamers (+ gap buckets) | id_dim |
 | 4 | multi-behaviour: target attention over commented / liked / gifted streamers | 3 * id_dim |
-| 5 | user x streamer and user x category cross statistics | 12 |
+| 5 | user x streamer and user x category cross statistics, and <user id emb, candidate emb> (DLRM dot) | 13 |
 | 6 | streamer / room real-time statistics | 6 |
 """
 
@@ -53,11 +53,16 @@ class TargetAttention(nn.Module):
         self.score = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if mlp else None
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        q = query.unsqueeze(1).expand_as(keys)
         if self.score is not None:
-            s = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+            # first layer of MLP([q, k, q - k, q * k]) without materialising the concatenation:
+            # W [q; k; q-k; q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q * k)   (same parameters, same result)
+            first, rest = self.score[0], self.score[1:]
+            wq, wk, wd, wp = first.weight.split(self.dim, dim=1)
+            h = (query @ (wq + wd).T + first.bias).unsqueeze(1) + keys @ (wk - wd).T \
+                + (query.unsqueeze(1) * keys) @ wp.T
+            s = rest(h).squeeze(-1)
         else:
-            s = (q * keys).sum(-1) / self.dim ** 0.5
+            s = torch.einsum("bd,bld->bl", query, keys) / self.dim ** 0.5
         s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
         w = torch.softmax(s, dim=-1) * mask.to(s.dtype)
         return torch.einsum("bl,bld->bd", w, values)
@@ -112,7 +117,7 @@ class RankingEncoder(nn.Module):
         c, d = self.cfg, self.spec.dense_features
         nu, ns, nc = self.n_fields
         return [c.id_dim + nu * c.field_dim + len(d["user"]), c.id_dim + ns * c.field_dim + len(d["streamer"]),
-                nc * c.field_dim + c.id_dim, c.id_dim, 3 * c.id_dim, len(d["cross"]), len(d["realtime"])]
+                nc * c.field_dim + c.id_dim, c.id_dim, 3 * c.id_dim, len(d["cross"]) + 1, len(d["realtime"])]
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [*self.ids.parameters(), *self.seqs.parameters(), *self.fields.parameters()]
@@ -147,6 +152,6 @@ class RankingEncoder(nn.Module):
             torch.cat([flat[2], self.title_proj(x.title)], dim=1),
             short,
             torch.cat(behaviour, dim=1),
-            dense[:, ds["cross"]],
+            torch.cat([dense[:, ds["cross"]], (user * cand).sum(-1, keepdim=True)], dim=1),
             dense[:, ds["realtime"]],
         ]

@@ -217,13 +217,18 @@ class SparsePerTokenMoE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: [B, T, D] -> [B, T, D]."""
-        t = self.n_tokens
+        b, t, d = x.shape
+        e, fe = self.n_experts, self.expert_hidden
         gates = self.route(x)  # [B, T, E-1]
-        g = torch.einsum("btd,tedf->btef", x, self.w_gate.expand(t, -1, -1, -1))
-        u = torch.einsum("btd,tedf->btef", x, self.w_up.expand(t, -1, -1, -1))
-        y = torch.einsum("btef,tefd->bted", F.silu(g) * u, self.w_down.expand(t, -1, -1, -1))  # [B, T, E, D]
-        routed = torch.einsum("bte,bted->btd", gates, y[:, :, 1:])
-        return y[:, :, 0] + self.gate_scale * routed
+        # shared expert weight 1, routed experts gate_scale * g; applied to the hidden activations, so that the
+        # experts' down projections collapse into one [T, E*Fe, D] matmul (same result as summing expert outputs)
+        coef = torch.cat([torch.ones_like(gates[..., :1]), self.gate_scale * gates], dim=-1)  # [B, T, E]
+        w_gate = self.w_gate.expand(t, -1, -1, -1).permute(0, 2, 1, 3).reshape(t, d, e * fe)
+        w_up = self.w_up.expand(t, -1, -1, -1).permute(0, 2, 1, 3).reshape(t, d, e * fe)
+        w_down = self.w_down.expand(t, -1, -1, -1).reshape(t, e * fe, d)
+        h = F.silu(torch.einsum("btd,tdf->btf", x, w_gate)) * torch.einsum("btd,tdf->btf", x, w_up)
+        h = (h.view(b, t, e, fe) * coef.unsqueeze(-1)).reshape(b, t, e * fe)
+        return torch.einsum("btf,tfd->btd", h, w_down)
 
 
 def _check_moe(owner: str, n_experts: int, top_k: int, gate_scale: float, gate_softmax: str) -> None:

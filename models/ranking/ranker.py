@@ -77,7 +77,8 @@ class RankerConfig:
         if model not in RANKERS:
             raise ValueError(f"unknown ranker {model!r}; choose one of {sorted(RANKERS)}")
         family, bcfg = RANKERS[model]
-        backbone = {**asdict(bcfg), **overrides.pop("backbone", {})}
+        backbone = {k: (tuple(v) if isinstance(v, list) else v)
+                    for k, v in {**asdict(bcfg), **overrides.pop("backbone", {})}.items()}
         return cls(model=model, family=family, backbone=backbone, **overrides)
 
     def to_json(self) -> str:
