@@ -24,8 +24,9 @@ def arrays_to_frame(a: FeatureArrays) -> pd.DataFrame:
     data: dict[str, object] = {"user_idx": a.user_idx.astype(np.int64), "streamer_idx": a.streamer_idx.astype(np.int64)}
     for name in ("user_profile", "streamer_profile", "context"):
         data[name] = [r.astype(np.int64) for r in getattr(a, name)]
-    data["title"] = [r.astype(np.float32) for r in a.title]
-    data["dense"] = [r.astype(np.float32) for r in a.dense]
+    # float columns as float64 (Array(double) in the signature): JSON input examples and REST payloads carry doubles
+    data["title"] = [r.astype(np.float64) for r in a.title]
+    data["dense"] = [r.astype(np.float64) for r in a.dense]
     for k in SEQ_KEYS:
         data[k] = [r[:n].astype(np.int64) for r, n in zip(a.hist[k], a.hist_len[k])]
     data["hist_gap"] = [r[:n].astype(np.int64) for r, n in zip(a.hist_gap, a.hist_len["hist_click"])]
@@ -88,6 +89,19 @@ def _python_model():
     return RankerPyfunc()
 
 
+def _requirements() -> list[str]:
+    """The serving stack of the pyfunc (pinned as installed; the platform package itself provides the code)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("torch", "torchrec", "fbgemm-gpu-cpu", "numpy", "pandas", "polars", "mlflow"):
+        try:
+            out.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def log_ranker_model(export_dir: str | Path, ds: RankingDataset, registered_name: str | None) -> str | None:
     """Log the export under the active run as pyfunc model ``ranker`` (signature from a real example) and register
     it; returns the registered version (or None when not registering)."""
@@ -103,6 +117,7 @@ def log_ranker_model(export_dir: str | Path, ds: RankingDataset, registered_name
     pred = loaded.model.predict(to_input(frame_to_arrays(example, loaded.model.spec.seq_lengths)))
     out = pd.DataFrame({k: v.numpy() for k, v in pred.items()})
     info = mlflow.pyfunc.log_model(
+        pip_requirements=_requirements(),
         name="ranker", python_model=_python_model(), artifacts={ARTIFACT_KEY: str(export_dir)},
         signature=infer_signature(example, out), input_example=example,
         registered_model_name=registered_name,

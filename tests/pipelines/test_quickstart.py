@@ -47,8 +47,11 @@ def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model("models:/kuailive-ranker@champion")
-    example = model.input_example
+    from mlflow.models import Model
+
+    local = mlflow.artifacts.download_artifacts("models:/kuailive-ranker@champion")
+    example = Model.load(local).load_input_example(local)
+    model = mlflow.pyfunc.load_model(local)
     pred = model.predict(example)
     assert list(pred.columns) == ["click", "watch_s", "comment", "like", "gift", "gift_value"]
     assert len(pred) == len(example) and pred["click"].between(0, 1).all()
