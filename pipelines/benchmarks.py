@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -22,6 +23,8 @@ from recsys.data.loaders import load_kuailive
 from recsys.data.synthetic import SynthConfig, generate
 from recsys.services import KafkaClientTimeouts
 from recsys.timeutil import WINDOW_END_MS
+
+log = logging.getLogger(__name__)
 
 
 def bench_synth(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
@@ -187,6 +190,8 @@ def bench_ranker(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
             wall = time.perf_counter() - t0
             m = evaluate_rows(res.model, ds, test, tcfg.eval_batch_size, device)
             lat = inference_latency(res.model, ds, 500, 200, seed=seed)
+            log.info("bench ranker %s: test auc %.4f, uauc %.4f, logloss %.4f, %d steps in %.0f s, p99 %.1f ms",
+                     name, m["auc"], m["uauc"], m["logloss"], res.metrics["steps"], wall, lat["p99_ms"])
             for k, v in {**m, **lat, **res.metrics, "wall_s": wall}.items():
                 if k.startswith("oracle."):
                     metrics[k] = v
