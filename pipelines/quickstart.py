@@ -96,7 +96,8 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         stage_s["ranker"] = time.perf_counter() - t0
         ranker = {k: rk.metrics[k] for k in ("test.auc", "test.uauc", "test.logloss", "oracle.auc",
                                              "train_samples_per_s", "p99_ms") if k in rk.metrics}
-        echo("    " + ", ".join(f"{k} {v:.4f}" if v < 100 else f"{k} {v:,.0f}" for k, v in ranker.items()))
+        echo("    " + ", ".join(f"{k} {v:,.0f}" if k.endswith("per_s") else f"{k} {v:.1f}" if k.endswith("_ms")
+                                else f"{k} {v:.4f}" for k, v in ranker.items()))
         echo(f"    exported to {rk.export_dir}" + (f"; registered {tcfg.register_name} v{rk.model_version}"
                                                     if rk.model_version else ""))
         if rk.model_version and tcfg.register_name:

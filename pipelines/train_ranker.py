@@ -214,7 +214,7 @@ def fit_ranker(ds: RankingDataset, cfg: RankerTrainConfig, on_eval=None) -> Rank
             last = step == total
             if step % eval_every == 0 or i == steps_per_epoch - 1 or last:
                 m = evaluate_rows(model, ds, valid, cfg.eval_batch_size, device)
-                rec = {"step": step, "epoch": epoch + step_frac(i, steps_per_epoch), "train_loss": float(np.mean(running)),
+                rec = {"step": step, "epoch": epoch + (i + 1) / steps_per_epoch, "train_loss": float(np.mean(running)),
                        "valid_auc": m["auc"], "valid_logloss": m["logloss"], "samples_per_s": seen / train_time}
                 running = []
                 history.append(rec)
@@ -237,10 +237,6 @@ def fit_ranker(ds: RankingDataset, cfg: RankerTrainConfig, on_eval=None) -> Rank
     metrics = {"train_samples_per_s": seen / max(train_time, 1e-9), "steps": float(step),
                "best_valid_auc": best_auc, "dense_params": float(model.dense_parameter_count())}
     return RankerTrainResult(model=model, metrics=metrics, history=history)
-
-
-def step_frac(i: int, steps_per_epoch: int) -> float:
-    return (i + 1) / steps_per_epoch
 
 
 def learning_curve(history: list[dict[str, float]], title: str):
