@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -207,11 +208,19 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
         raise CliError("--lr and --embedding-lr must be > 0", 2)
     if args.alias and not cfg.tracking.enabled:
         raise CliError("--alias needs MLflow tracking (drop --no-mlflow)", 2)
+    try:
+        backbone = json.loads(args.backbone) if args.backbone else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--backbone must be a JSON object, e.g. '{{\"dim\": 64}}': {exc}", 2) from exc
+    if not isinstance(backbone, dict):
+        raise CliError(f"--backbone must be a JSON object, got {args.backbone!r}", 2)
     tcfg = job.RankerTrainConfig(
+        overrides={"backbone": backbone} if backbone else {},
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, embedding_lr=args.embedding_lr,
         max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience, seed=args.seed,
         device=args.device, progress=not args.quiet, register_name=args.register or None,
     )
+    job.RankerConfig.for_model(args.model, **dict(tcfg.overrides))  # bad --backbone fails before the data loads
     ds = job.load_ranking_dataset(_data_dir(args, cfg), cfg.data.cache_dir)
     export = Path(args.export or f"runs/ranker/{args.model}")
     res = job.train_ranker(ds, tcfg, cfg.tracking, export_dir=export)
@@ -300,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = tsub.add_parser("ranker", help="multi-task ranker (TokenMixer-Large, RankMixer, baselines) on the CTR split")
     r.add_argument("--model", choices=RANKER_MODELS, default="tokenmixer")
     r.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+    r.add_argument("--backbone", help="JSON overrides of the backbone config, e.g. '{\"dim\": 64, \"expansion\": 2}'")
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--batch-size", type=int, default=2048)
     r.add_argument("--lr", type=float, default=3e-3, help="dense learning rate (Adam)")

@@ -77,8 +77,12 @@ class RankerConfig:
         if model not in RANKERS:
             raise ValueError(f"unknown ranker {model!r}; choose one of {sorted(RANKERS)}")
         family, bcfg = RANKERS[model]
-        backbone = {k: (tuple(v) if isinstance(v, list) else v)
-                    for k, v in {**asdict(bcfg), **overrides.pop("backbone", {})}.items()}
+        extra = dict(overrides.pop("backbone", {}))
+        unknown = sorted(set(extra) - {f.name for f in dataclasses.fields(bcfg)})
+        if unknown:
+            raise ValueError(f"unknown backbone option(s) for {model!r}: {', '.join(unknown)}; "
+                             f"valid: {', '.join(f.name for f in dataclasses.fields(bcfg))}")
+        backbone = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**asdict(bcfg), **extra}.items()}
         return cls(model=model, family=family, backbone=backbone, **overrides)
 
     def to_json(self) -> str:

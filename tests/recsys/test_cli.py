@@ -196,6 +196,8 @@ def test_train_ranker_then_evaluate(data_dir: Path, tmp_path: Path, capsys: pyte
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--lr", "-1"], "--lr and --embedding-lr must be > 0"),
     (["--alias", "champion", "--no-mlflow"], "--alias needs MLflow tracking"),
+    (["--backbone", "{dim: 64"], "--backbone must be a JSON object"),
+    (["--backbone", "[64]"], "--backbone must be a JSON object"),
 ])
 def test_train_ranker_bad_flags(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "ranker", *flags]) == 2
@@ -212,4 +214,12 @@ def test_train_ranker_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
 def test_evaluate_missing_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--model-dir", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_train_ranker_unknown_backbone_option(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "ranker", "--model", "tokenmixer", "--data", str(data_dir), "--backbone", '{"dimm": 64}',
+            "--no-mlflow", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "unknown backbone option(s) for 'tokenmixer': dimm" in err and "valid: kind" in err
 
