@@ -9,11 +9,15 @@ downloads the same artifacts by alias and loads them with :func:`models.ranking.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from recsys.data.ranking import SEQ_KEYS, FeatureArrays, RankingDataset
+
+if TYPE_CHECKING:
+    from models.ranking.ranker import Ranker
 
 ARTIFACT_KEY = "ranker_export"
 _LIST_COLUMNS = ("user_profile", "streamer_profile", "context", "title", "dense", *SEQ_KEYS, "hist_gap")
@@ -64,6 +68,18 @@ def frame_to_arrays(df: pd.DataFrame, seq_lengths: dict[str, int]) -> FeatureArr
     )
 
 
+def predict_frame(model: "Ranker", frame: pd.DataFrame) -> pd.DataFrame:
+    """The pyfunc's contract: feature frame in, one column per prediction out (on the model's device)."""
+    import torch
+
+    from models.ranking.inputs import to_input
+
+    x = to_input(frame_to_arrays(frame, model.spec.seq_lengths)).to(next(model.parameters()).device)
+    with torch.no_grad():
+        pred = model.predict(x)
+    return pd.DataFrame({k: v.float().cpu().numpy() for k, v in pred.items()})
+
+
 def _python_model():
     import mlflow.pyfunc
 
@@ -76,15 +92,7 @@ def _python_model():
             self.loaded = load_ranker(context.artifacts[ARTIFACT_KEY])
 
         def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-            import torch
-
-            from models.ranking.inputs import to_input
-
-            model = self.loaded.model
-            a = frame_to_arrays(model_input, model.spec.seq_lengths)
-            with torch.no_grad():
-                pred = model.predict(to_input(a))
-            return pd.DataFrame({k: v.numpy() for k, v in pred.items()})
+            return predict_frame(self.loaded.model, model_input)
 
     return RankerPyfunc()
 
@@ -102,20 +110,15 @@ def _requirements() -> list[str]:
     return out
 
 
-def log_ranker_model(export_dir: str | Path, ds: RankingDataset, registered_name: str | None) -> str | None:
-    """Log the export under the active run as pyfunc model ``ranker`` (signature from a real example) and register
-    it; returns the registered version (or None when not registering)."""
+def log_ranker_model(export_dir: str | Path, model: "Ranker", ds: RankingDataset,
+                     registered_name: str | None) -> str | None:
+    """Log the export of ``model`` under the active run as pyfunc model ``ranker`` (signature from a real example
+    scored by the model) and register it; returns the registered version (or None when not registering)."""
     import mlflow
     from mlflow.models import infer_signature
 
-    from models.ranking.export import load_ranker
-
     example = arrays_to_frame(ds.arrays(ds.rows("test")[:3]))
-    loaded = load_ranker(export_dir)
-    from models.ranking.inputs import to_input
-
-    pred = loaded.model.predict(to_input(frame_to_arrays(example, loaded.model.spec.seq_lengths)))
-    out = pd.DataFrame({k: v.numpy() for k, v in pred.items()})
+    out = predict_frame(model, example)
     info = mlflow.pyfunc.log_model(
         pip_requirements=_requirements(),
         name="ranker", python_model=_python_model(), artifacts={ARTIFACT_KEY: str(export_dir)},

@@ -279,17 +279,15 @@ def train_ranker(ds: RankingDataset, cfg: RankerTrainConfig, tracking: TrackingC
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-        tmp = None
-        out = Path(export_dir) if export_dir else Path(tmp := tempfile.mkdtemp(prefix="ranker-export-"))
-        save_ranker(res.model.cpu(), out, ds.user_index, ds.streamer_index,
-                    meta={"model": cfg.model, "metrics": {k: v for k, v in res.metrics.items()}})
-        res.model.to(device)
+        out = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="ranker-export-"))
+        save_ranker(res.model, out, ds.user_index, ds.streamer_index,
+                    meta={"model": cfg.model, "metrics": dict(res.metrics)})
         res.export_dir = out
         res.run_id = tr.run_id
         if tr.run is not None:
             from pipelines.registry import log_ranker_model
 
-            res.model_version = log_ranker_model(out, ds, cfg.register_name)
+            res.model_version = log_ranker_model(out, res.model, ds, cfg.register_name)
         return res
 
 

@@ -117,9 +117,15 @@ def cmd_data_build(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
+def _tracking(args: argparse.Namespace, cfg: PlatformConfig) -> PlatformConfig:
+    """``--no-mlflow`` turns tracking off for this command."""
+    if getattr(args, "no_mlflow", False):
+        return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    return cfg
+
+
 def cmd_quickstart(args: argparse.Namespace, cfg: PlatformConfig) -> int:
-    if args.no_mlflow:
-        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    cfg = _tracking(args, cfg)
     res = resolve("pipelines.quickstart:run_quickstart")(cfg, out_dir=args.out, scale=args.scale, seed=args.seed)
     print(f"quickstart done: {sum(res.stage_s.values()):.1f} s over stages "
           + ", ".join(f"{k} {v:.1f}s" for k, v in res.stage_s.items()))
@@ -190,12 +196,6 @@ def cmd_ingest(args: argparse.Namespace, cfg: PlatformConfig) -> int:
 
 RANKER_MODELS = ("tokenmixer", "rankmixer", "dcnv2", "deepfm", "wide_deep", "dnn", "tokenmixer_no_mixing",
                  "tokenmixer_shared_ffn", "tokenmixer_no_moe")
-
-
-def _tracking(args: argparse.Namespace, cfg: PlatformConfig) -> PlatformConfig:
-    if getattr(args, "no_mlflow", False):
-        return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
-    return cfg
 
 
 def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:

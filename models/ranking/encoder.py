@@ -104,13 +104,12 @@ class RankingEncoder(nn.Module):
         self.title_proj = nn.Linear(spec.title_dim, cfg.id_dim)
         self.short_term = TargetAttention(cfg.id_dim, cfg.attention_hidden, mlp=True)
         self.behaviour = TargetAttention(cfg.id_dim, mlp=False)
-        names = [c for cols in spec.dense_features.values() for c in cols]
         self.dense_slices: dict[str, slice] = {}
         start = 0
         for group, cols in spec.dense_features.items():
             self.dense_slices[group] = slice(start, start + len(cols))
             start += len(cols)
-        self.n_dense = len(names)
+        self.n_dense = start
 
     @property
     def group_dims(self) -> list[int]:

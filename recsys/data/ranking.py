@@ -35,10 +35,10 @@ import numpy as np
 import polars as pl
 
 from recsys.data.builders import attach_oracle, ctr_samples
-from recsys.data.features import count_before, last_before, sum_before
+from recsys.data.features import context_features, count_before, last_before, sum_before
 from recsys.data.loaders import KuaiLiveData
-from recsys.data.schema import STREAMER_PROFILE_COLUMNS, TITLE_EMBEDDING_DIM, USER_PROFILE_COLUMNS
-from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE, cst_day, cst_hour
+from recsys.data.schema import STREAMER_PROFILE_COLUMNS, TITLE_EMBEDDING_DIM, USER_PROFILE_COLUMNS, VOCABULARIES
+from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE
 
 SEQ_KEYS: tuple[str, ...] = ("hist_click", "hist_comment", "hist_like", "hist_gift")
 CONTEXT_COLUMNS: tuple[str, ...] = ("live_type", "live_content_category", "hour", "weekday", "room_age_bucket")
@@ -56,6 +56,15 @@ TASKS: tuple[str, ...] = ("click", "watch", "comment", "like", "gift")
 N_GAP_BUCKETS = 16
 N_AGE_BUCKETS = 14
 _SHIFT = 36
+
+
+def _events(tables: dict[str, pl.DataFrame], name: str) -> pl.DataFrame:
+    """An event table, or an empty one with the event columns when the dataset has none of that kind."""
+    df = tables.get(name)
+    if df is None:
+        return pl.DataFrame(schema={"user_id": pl.Int64, "streamer_id": pl.Int64, "live_id": pl.Int64,
+                                    "timestamp": pl.Int64})
+    return df
 
 
 def _profile_strings(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -271,9 +280,9 @@ def dense_features(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl
     out["u_exposures"] = count_before(eu, et, su, st)
     out["s_exposures"] = count_before(es, et, ss, st)
     out["us_exposures"] = count_before(np.stack([eu, es], axis=1), et, qpair, st)
-    cat = _room_category(tables["rooms"])
-    q_cat = _lookup_category(cat, sl)
-    e_cat = _lookup_category(cat, np.r_[cl, neg["live_id"].to_numpy()])
+    room_index, room_cat = _room_category(tables["rooms"])
+    q_cat = room_cat[room_index.lookup(sl)]
+    e_cat = room_cat[room_index.lookup(np.r_[cl, neg["live_id"].to_numpy()])]
     c_cat = e_cat[: cl.size]
     out["uc_clicks"] = count_before(np.stack([cu, c_cat], axis=1), ct, np.stack([su, q_cat], axis=1), st)
     out["uc_exposures"] = count_before(np.stack([eu, e_cat], axis=1), et, np.stack([su, q_cat], axis=1), st)
@@ -285,13 +294,10 @@ def dense_features(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl
     out["us_never"] = (last < 0).astype(np.float64)
     out["us_hours_since_last"] = np.where(last < 0, 0.0, (st - last) / MS_PER_HOUR)
     for name in ("comment", "like", "gift"):
-        df = tables.get(name)
-        if df is None or df.height == 0:
-            df = pl.DataFrame(schema={"user_id": pl.Int64, "streamer_id": pl.Int64, "live_id": pl.Int64,
-                                      "timestamp": pl.Int64})
+        df = _events(tables, name)
         eu, es, el, et = (df[c].to_numpy() for c in ("user_id", "streamer_id", "live_id", "timestamp"))
         out[f"u_{name}s"] = count_before(eu, et, su, st)
-        out[f"us_{name}s"] = count_before(np.stack([eu, es], axis=1).reshape(-1, 2), et, qpair, st)
+        out[f"us_{name}s"] = count_before(np.stack([eu, es], axis=1), et, qpair, st)
         if name != "like":
             out[f"room_{name}s_30m"] = _count_recent(el, et, sl, st, 30)
         if name == "gift":
@@ -302,23 +308,14 @@ def dense_features(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl
     return pl.DataFrame({c: np.asarray(out[c], dtype=np.float64) for c in DENSE_COLUMNS})
 
 
-def _room_category(rooms: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted live ids, category code) with codes 0..C-1 in :data:`VOCABULARIES` order, C for unknown."""
-    from recsys.data.schema import VOCABULARIES
-
+def _room_category(rooms: pl.DataFrame) -> tuple[IdIndex, np.ndarray]:
+    """Room index and category codes by index row: 0..C-1 in :data:`VOCABULARIES` order, C for a category outside
+    it, 99 for an unknown room (row 0)."""
     cats = list(VOCABULARIES["live_content_category"])
     r = rooms.select("live_id", "live_content_category").sort("live_id")
-    code = np.array([cats.index(c) if c in cats else len(cats) for c in r["live_content_category"].to_list()],
-                    dtype=np.int64)
-    return r["live_id"].to_numpy(), code
-
-
-def _lookup_category(cat: tuple[np.ndarray, np.ndarray], live: np.ndarray) -> np.ndarray:
-    ids, code = cat
-    if ids.size == 0:
-        return np.full(live.shape, 99, np.int64)
-    pos = np.clip(np.searchsorted(ids, live), 0, ids.size - 1)
-    return np.where(ids[pos] == live, code[pos], 99)
+    code = r["live_content_category"].replace_strict(cats, list(range(len(cats))), default=len(cats),
+                                                     return_dtype=pl.Int64).to_numpy()
+    return IdIndex(r["live_id"].to_numpy()), np.r_[99, code].astype(np.int64)
 
 
 def scale_dense(raw: np.ndarray) -> np.ndarray:
@@ -335,18 +332,14 @@ def task_labels(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.Da
     q = np.stack([su, sl], axis=1)
     out = {"click": clicked.astype(np.float32), "watch": np.where(clicked, np.log1p(watch / 1000.0), 0.0)}
     for name in ("comment", "like", "gift"):
-        df = tables.get(name)
-        if df is None or df.height == 0:
-            out[name] = np.zeros(su.size)
-            if name == "gift":
-                out["gift_value"] = np.zeros(su.size)
-            continue
+        df = _events(tables, name)
         keys = np.stack([df["user_id"].to_numpy(), df["live_id"].to_numpy()], axis=1)
         et = df["timestamp"].to_numpy()
         n = _count_window(keys, et, q, st, end)
         out[name] = np.where(clicked, (n > 0).astype(np.float64), 0.0)
         if name == "gift":
-            value = _count_window(keys, et, q, st, end, values=df["gift_price"].to_numpy())
+            price = df["gift_price"].to_numpy() if "gift_price" in df.columns else np.zeros(df.height)
+            value = _count_window(keys, et, q, st, end, values=price)
             out["gift_value"] = np.where(clicked, value, 0.0)
     return pl.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
 
@@ -407,26 +400,22 @@ def _title_table(data: KuaiLiveData) -> np.ndarray:
 
 
 def context_table(samples: pl.DataFrame, rooms: pl.DataFrame) -> pl.DataFrame:
-    """Context columns (strings) and the title row of each sample."""
-    j = samples.select("live_id", "timestamp").join(
-        rooms.select("live_id", "start_timestamp", "live_type", "live_content_category", "live_name_id"),
-        on="live_id", how="left", maintain_order="left")
-    t = j["timestamp"].to_numpy()
-    start = j["start_timestamp"].fill_null(j["timestamp"]).to_numpy()
-    return pl.DataFrame({
-        "live_type": j["live_type"].cast(pl.String).fill_null("<null>"),
-        "live_content_category": j["live_content_category"].fill_null("<null>"),
-        "hour": pl.Series(cst_hour(t)).cast(pl.String),
-        "weekday": pl.Series((cst_day(t) + 3) % 7).cast(pl.String),
-        "room_age_bucket": pl.Series(age_bucket((t - start) / MS_PER_MINUTE)).cast(pl.String),
-        "_title_row": (j["live_name_id"].fill_null(-1) + 1).cast(pl.Int64),
-    })
+    """Context columns as strings (``"<null>"`` for an unknown room or a missing category) and the title row of
+    each sample, from :func:`recsys.data.features.context_features`."""
+    ctx = context_features(samples, rooms).with_columns(samples["live_id"].is_in(rooms["live_id"]).alias("_known"))
+    return ctx.select(
+        pl.when(pl.col("_known")).then(pl.col("live_type").cast(pl.String)).otherwise(pl.lit("<null>"))
+        .alias("live_type"),
+        pl.col("live_content_category").replace("<unk>", "<null>"),
+        pl.col("hour").cast(pl.String),
+        pl.col("weekday").cast(pl.String),
+        pl.Series("room_age_bucket", age_bucket(ctx["room_age_min"].to_numpy())).cast(pl.String),
+        (pl.col("live_name_id") + 1).cast(pl.Int64).alias("_title_row"),
+    )
 
 
 def _context_vocab() -> CategoricalVocab:
     """Context values are known in advance; the vocabulary does not depend on the data."""
-    from recsys.data.schema import VOCABULARIES
-
     values = {
         "live_type": sorted({"0", "1", "2", "3", "<null>"}),
         "live_content_category": sorted({*VOCABULARIES["live_content_category"], "<null>"}),
@@ -472,9 +461,7 @@ def build_ranking_dataset(data: KuaiLiveData, truth_dir: str | Path | None = Non
                               behaviour_len=behaviour_len, title_dim=title_table.shape[1])
     user_rows = user_index.lookup(samples["user_id"].to_numpy())
     ts = samples["timestamp"].to_numpy()
-    seq_tables = {key: t.get(name) for key, name in zip(SEQ_KEYS, ("click", "comment", "like", "gift"))}
-    empty = pl.DataFrame(schema={"user_id": pl.Int64, "streamer_id": pl.Int64, "timestamp": pl.Int64})
-    seq_tables = {k: (v if v is not None else empty) for k, v in seq_tables.items()}
+    seq_tables = {key: _events(t, name) for key, name in zip(SEQ_KEYS, ("click", "comment", "like", "gift"))}
     origin = min([int(ts.min())] + [int(v["timestamp"].min()) for v in seq_tables.values() if v.height]) - 1
     histories, ends = {}, {}
     for key, df in seq_tables.items():
