@@ -114,3 +114,24 @@ def tiny_data(tiny_dir: Path):
     from recsys.data.loaders import load_kuailive
 
     return load_kuailive(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_ranking(tiny_data, tiny_dir: Path):
+    """The ranking dataset (``RankingDataset``) of the tiny twin, with the oracle, built once per session. Read-only."""
+    from recsys.data.ranking import build_ranking_dataset
+
+    return build_ranking_dataset(tiny_data, truth_dir=tiny_dir / "truth")
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """Single-threaded torch for a module of small-tensor tests: on a busy 2-core machine the OpenMP team makes each
+    op several times slower. Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,20 +10,15 @@ import torch
 
 from models.ranking.inputs import to_input
 from pipelines.train_ranker import RankerTrainConfig, evaluate_rows, fit_ranker, request_arrays
-from recsys.data.ranking import SEQ_KEYS, RankingDataset, build_ranking_dataset
+from recsys.data.ranking import SEQ_KEYS, RankingDataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
-def ds(tiny_data, tiny_dir: Path) -> RankingDataset:
-    return build_ranking_dataset(tiny_data, truth_dir=tiny_dir / "truth")
+def ds(tiny_ranking: RankingDataset) -> RankingDataset:
+    return tiny_ranking
 
 
 def _cfg(**kw) -> RankerTrainConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -47,13 +47,7 @@ def all_models() -> dict[str, Callable[[], Backbone]]:
 MODEL_NAMES = list(all_models())
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """The tensors here are tiny: intra-op threads only add contention (a 2-core box ran up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # =============================================================================

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +19,13 @@ from models.ranking.export import FILES, load_ranker, save_ranker
 from models.ranking.heads import LossWeights, expected_gift_value, multitask_loss, predictions, ziln_loss
 from models.ranking.inputs import FIELD_FEATURES, SEQ_FEATURES, to_input
 from models.ranking.ranker import RANKERS, Ranker, RankerConfig, build_ranker
-from recsys.data.ranking import SEQ_KEYS, FeatureArrays, RankingDataset, build_ranking_dataset
+from recsys.data.ranking import SEQ_KEYS, FeatureArrays, RankingDataset
 
 ALL_MODELS = sorted(RANKERS)
 MOE_MODELS = [m for m in ALL_MODELS if RANKERS[m][0] == "mixer" and getattr(RANKERS[m][1], "moe", False)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small tensors gain nothing from intra-op threads on a busy 2-core machine; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +34,8 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="module")
-def ds(tiny_data, tiny_dir: Path) -> RankingDataset:
-    return build_ranking_dataset(tiny_data, truth_dir=tiny_dir / "truth")
+def ds(tiny_ranking: RankingDataset) -> RankingDataset:
+    return tiny_ranking
 
 
 @pytest.fixture(scope="module")

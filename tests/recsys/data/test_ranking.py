@@ -8,7 +8,6 @@ Everything is checked against brute-force recomputations on the tiny synthetic t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -40,8 +39,8 @@ WATCH_SUMS = ("u_watch_min", "us_watch_min")
 
 
 @pytest.fixture(scope="module")
-def ds(tiny_data, tiny_dir: Path) -> RankingDataset:
-    return build_ranking_dataset(tiny_data, truth_dir=tiny_dir / "truth")
+def ds(tiny_ranking: RankingDataset) -> RankingDataset:
+    return tiny_ranking
 
 
 # =============================================================================
