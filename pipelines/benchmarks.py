@@ -204,11 +204,73 @@ def bench_ranker(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
     return device.type, metrics
 
 
+#: Training budget of ``bench retrieval``, the same for every model.
+RETRIEVAL_BUDGET: dict[str, dict[str, Any]] = {
+    "tiny": {"epochs": 1, "batch_size": 128, "max_steps": 20, "eval_every": 0, "patience": 1},
+    "small": {"epochs": 1, "batch_size": 256, "eval_every": 300, "patience": 2},
+    "full": {"epochs": 1, "batch_size": 512, "eval_every": 2000, "patience": 2},
+}
+
+
+def bench_retrieval(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
+                    models: tuple[str, ...] | None = None,
+                    granularities: tuple[str, ...] = ("streamer", "room")) -> tuple[str, dict[str, Any]]:
+    """Every retriever trained with the same budget, per granularity, on the leave-one-out protocol.
+
+    Per model and granularity: ``recall@K`` / ``ndcg@K`` for K in 5, 10, 20 (target vs its 10,000 live-at-t
+    negatives, or the whole pool when smaller) and 50, 500 (vs every item live at t), ``train_samples_per_s``,
+    ``wall_s``; GRank with a ranker also ``generator_recall@k1``. Plus ``<granularity>.mean_live`` and
+    ``grank_vs_two_tower.<granularity>.recall@500_rel`` (relative gain).
+    """
+    from models.retrieval.registry import ALL_RETRIEVERS
+    from pipelines.train_retrieval import RetrievalTrainConfig, evaluate_retriever, fit_retriever
+    from pipelines.train_ranker import resolve_device
+    from recsys.data.retrieval import build_retrieval_dataset
+
+    cfg = cfg or PlatformConfig()
+    models = models or ALL_RETRIEVERS
+    device = resolve_device("auto")
+    metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-retrieval-") as tmp:
+        data = load_kuailive(_synthetic_dir(scale, cfg, seed, tmp))
+        for gran in granularities:
+            t0 = time.perf_counter()
+            ds = build_retrieval_dataset(data, gran)
+            metrics[f"{gran}.dataset_s"] = time.perf_counter() - t0
+            for name in models:
+                tcfg = RetrievalTrainConfig(model=name, granularity=gran, seed=seed, progress=False,
+                                            **RETRIEVAL_BUDGET[scale])
+                t0 = time.perf_counter()
+                res = fit_retriever(ds, tcfg)
+                wall = time.perf_counter() - t0
+                m = evaluate_retriever(res.model, ds, "test")
+                log.info("bench retrieval %s/%s: ndcg@10 %.4f, recall@20 %.4f, recall@500 %.4f, %.0f s", name, gran,
+                         m["ndcg@10"], m["recall@20"], m["recall@500"], wall)
+                metrics[f"{gran}.mean_live"] = m.pop("mean_live")
+                metrics[f"{gran}.test_targets"] = m.pop("n")
+                for k, v in {**m, **res.metrics, "wall_s": wall}.items():
+                    metrics[f"{name}.{gran}.{k}"] = v
+                del res
+            if "grank" in models and "two_tower" in models:
+                metrics[f"grank_vs_two_tower.{gran}.recall@500_rel"] = (
+                    metrics[f"grank.{gran}.recall@500"] / max(metrics[f"two_tower.{gran}.recall@500"], 1e-12) - 1.0)
+    return device.type, metrics
+
+
+def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """Exact MIPS (torch) against FAISS IndexFlatIP and HNSW; see :mod:`pipelines.bench_mips`."""
+    from pipelines.bench_mips import bench_mips as run
+
+    return run(scale, cfg, seed)
+
+
 #: name -> function(scale, cfg) -> (device, metrics)
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "synth": bench_synth,
     "ingest": bench_ingest,
     "ranker": bench_ranker,
+    "retrieval": bench_retrieval,
+    "mips": bench_mips,
 }
 
 __all__ = ["BENCHMARKS", "bench_synth"]

@@ -239,8 +239,9 @@ def fit_ranker(ds: RankingDataset, cfg: RankerTrainConfig, on_eval=None) -> Rank
     return RankerTrainResult(model=model, metrics=metrics, history=history)
 
 
-def learning_curve(history: list[dict[str, float]], title: str):
-    """Train loss and validation AUC against steps (a matplotlib Figure)."""
+def learning_curve(history: list[dict[str, float]], title: str, loss_key: str = "train_loss",
+                   loss_label: str = "train click BCE", metric_key: str = "valid_auc", metric_label: str = "AUC"):
+    """Training loss and a validation metric against steps (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,10 +249,10 @@ def learning_curve(history: list[dict[str, float]], title: str):
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     steps = [h["step"] for h in history]
-    ax[0].plot(steps, [h["train_loss"] for h in history], marker="o")
-    ax[0].set(xlabel="step", ylabel="train click BCE", title="training loss")
-    ax[1].plot(steps, [h["valid_auc"] for h in history], marker="o", color="tab:green")
-    ax[1].set(xlabel="step", ylabel="AUC", title="validation AUC")
+    ax[0].plot(steps, [h[loss_key] for h in history], marker="o")
+    ax[0].set(xlabel="step", ylabel=loss_label, title="training loss")
+    ax[1].plot(steps, [h[metric_key] for h in history], marker="o", color="tab:green")
+    ax[1].set(xlabel="step", ylabel=metric_label, title=f"validation {metric_label}")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -23,7 +23,6 @@ from recsys.config import PlatformConfig, load_config
 
 #: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
 PENDING: dict[str, tuple[int, str]] = {
-    "train retrieval": (5, "GRank generate->rank retrieval and baselines"),
     "train tpp": (6, "streaming PromptTPP temporal point processes"),
     "train allocator": (7, "SL-MGAC live-stream allocation policy"),
     "replay": (7, "offline replay of logged decisions"),
@@ -208,12 +207,7 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
         raise CliError("--lr and --embedding-lr must be > 0", 2)
     if args.alias and not cfg.tracking.enabled:
         raise CliError("--alias needs MLflow tracking (drop --no-mlflow)", 2)
-    try:
-        backbone = json.loads(args.backbone) if args.backbone else {}
-    except json.JSONDecodeError as exc:
-        raise CliError(f"--backbone must be a JSON object, e.g. '{{\"dim\": 64}}': {exc}", 2) from exc
-    if not isinstance(backbone, dict):
-        raise CliError(f"--backbone must be a JSON object, got {args.backbone!r}", 2)
+    backbone = _json_object("--backbone", args.backbone, '{"dim": 64}')
     tcfg = job.RankerTrainConfig(
         overrides={"backbone": backbone} if backbone else {},
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, embedding_lr=args.embedding_lr,
@@ -231,13 +225,71 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     print(f"{'train_samples_per_s':>24}: {res.metrics['train_samples_per_s']:,.0f}")
     print(f"{'p50_ms / p99_ms (500)':>24}: {res.metrics['p50_ms']:.1f} / {res.metrics['p99_ms']:.1f}")
     print(f"exported to {res.export_dir}")
+    _report_registration(res, tcfg.register_name, args.alias, cfg, job.set_alias)
+    return 0
+
+
+def _json_object(flag: str, text: str | None, example: str) -> dict[str, Any]:
+    """A ``--flag '{...}'`` JSON object (empty when not given)."""
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{flag} must be a JSON object, e.g. '{example}': {exc}", 2) from exc
+    if not isinstance(value, dict):
+        raise CliError(f"{flag} must be a JSON object, got {text!r}", 2)
+    return value
+
+
+def _report_registration(res: Any, register_name: str | None, alias: str | None, cfg: PlatformConfig,
+                         set_alias: Callable[..., None]) -> None:
+    """Print the MLflow run and registered version of a training job, and set ``alias`` on the new version."""
     if res.run_id:
         print(f"MLflow run {res.run_id} in {cfg.tracking.tracking_uri}")
     if res.model_version:
-        print(f"registered as {tcfg.register_name} version {res.model_version}")
-        if args.alias:
-            job.set_alias(tcfg.register_name, res.model_version, args.alias, cfg.tracking)
-            print(f"alias models:/{tcfg.register_name}@{args.alias} -> version {res.model_version}")
+        print(f"registered as {register_name} version {res.model_version}")
+        if alias:
+            set_alias(register_name, res.model_version, alias, cfg.tracking)
+            print(f"alias models:/{register_name}@{alias} -> version {res.model_version}")
+
+
+RETRIEVAL_MODELS = ("grank", "two_tower", "sasrec", "popularity", "grank_no_aux", "grank_no_ranker")
+
+
+def cmd_train_retrieval(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    job = importlib.import_module("pipelines.train_retrieval")
+    cfg = _tracking(args, cfg)
+    for flag in ("epochs", "batch_size", "negatives"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
+    if args.lr <= 0:
+        raise CliError("--lr must be > 0", 2)
+    if args.alias and not cfg.tracking.enabled:
+        raise CliError("--alias needs MLflow tracking (drop --no-mlflow)", 2)
+    options = _json_object("--options", args.options, '{"dim": 128}')
+    if options and args.model == "popularity":
+        raise CliError("--options does not apply to popularity (it has no parameters)", 2)
+    if args.model != "popularity":
+        try:  # bad --options fail before the data loads
+            job.RetrieverConfig.for_model(args.model, **options)
+        except (ValueError, TypeError) as exc:
+            raise CliError(f"--options: {exc}", 2) from exc
+    tcfg = job.RetrievalTrainConfig(
+        model=args.model, granularity=args.granularity, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        n_negatives=args.negatives, max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience,
+        seed=args.seed, device=args.device, progress=not args.quiet, register_name=args.register or None,
+        overrides=options,
+    )
+    ds = job.load_retrieval_dataset(_data_dir(args, cfg), args.granularity, cfg.data.cache_dir,
+                                    progress=not args.quiet)
+    export = Path(args.export or f"runs/retrieval/{args.model}-{args.granularity}")
+    res = job.train_retrieval(ds, tcfg, cfg.tracking, export_dir=export)
+    for k, v in res.metrics.items():
+        if k.startswith("test.") and k != "test.n":
+            print(f"{k:>28}: {v:.4f}")
+    if res.model is not None:
+        print(f"{'train_samples_per_s':>28}: {res.metrics['train_samples_per_s']:,.0f}")
+        print(f"exported to {res.export_dir}")
+    _report_registration(res, tcfg.register_name, args.alias, cfg, job.set_alias)
     return 0
 
 
@@ -325,7 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-mlflow", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_train_ranker)
-    for model in ("retrieval", "tpp", "allocator"):
+    rt = tsub.add_parser("retrieval", help="GRank retrieval and baselines on the leave-one-out top-K protocol")
+    rt.add_argument("--model", choices=RETRIEVAL_MODELS, default="grank")
+    rt.add_argument("--granularity", choices=["streamer", "room"], default="streamer")
+    rt.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+    rt.add_argument("--options", help="JSON overrides of the model config, e.g. '{\"dim\": 128, \"k1\": 500}'")
+    rt.add_argument("--epochs", type=int, default=3)
+    rt.add_argument("--batch-size", type=int, default=256)
+    rt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    rt.add_argument("--negatives", type=int, default=255, help="live-at-t negatives per training anchor")
+    rt.add_argument("--max-steps", type=int, default=0, help="step budget (0 = epochs only)")
+    rt.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0 = each epoch)")
+    rt.add_argument("--patience", type=int, default=2, help="validation checks without NDCG@10 gain before stopping")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    rt.add_argument("--export", help="export directory (default: runs/retrieval/<model>-<granularity>)")
+    rt.add_argument("--register", default="kuailive-retriever",
+                    help="MLflow registered model name ('' = do not register)")
+    rt.add_argument("--alias", help="set this registry alias (e.g. champion) on the new version")
+    rt.add_argument("--no-mlflow", action="store_true")
+    rt.add_argument("--quiet", action="store_true", help="no progress bar")
+    rt.set_defaults(func=cmd_train_retrieval)
+    for model in ("tpp", "allocator"):
         t = tsub.add_parser(model, help=PENDING[f"train {model}"][1])
         t.set_defaults(func=_pending(f"train {model}"))
     ing = sub.add_parser("ingest", help="replay events through Kafka (or in-process) into the feature store")

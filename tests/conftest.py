@@ -135,3 +135,18 @@ def torch_one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(before)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_retrieval(tiny_data):
+    """``granularity -> RetrievalDataset`` of the tiny twin, each built once per session on first use. Read-only."""
+    from recsys.data.retrieval import build_retrieval_dataset
+
+    cache: dict = {}
+
+    def get(granularity: str = "streamer"):
+        if granularity not in cache:
+            cache[granularity] = build_retrieval_dataset(tiny_data, granularity, long_len=64, short_len=16)
+        return cache[granularity]
+
+    return get

@@ -118,7 +118,7 @@ def test_stats_prints_table2(tiny: SynthResult, data_dir: Path, tmp_path: Path,
 
 
 # --------------------------------------------------------------------------------------------------------- verbs
-@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "retrieval"], 5)])
+@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "tpp"], 6)])
 def test_pending_verb(argv: list[str], issue: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -230,4 +230,44 @@ def test_cli_model_choices_are_the_registry() -> None:
     from recsys.cli import RANKER_MODELS
 
     assert RANKER_MODELS == tuple(RANKERS)
+
+
+# --------------------------------------------------------------------------------------------------------- retrieval
+def test_train_retrieval_runs_and_exports(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "export"
+    argv = ["train", "retrieval", "--model", "two_tower", "--granularity", "room", "--data", str(data_dir),
+            "--max-steps", "3", "--batch-size", "64", "--negatives", "15", "--options", '{"dim": 8, "hidden": 16}',
+            "--export", str(export), "--no-mlflow", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    ndcg = next(line for line in out.splitlines() if "test.ndcg@10" in line)
+    assert 0.0 <= float(ndcg.split(":")[1]) <= 1.0
+    assert "test.recall@500" in out
+    assert (export / "weights.pt").exists() and (export / "catalog.npz").exists()
+
+
+def test_train_retrieval_popularity_needs_no_training(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "retrieval", "--model", "popularity", "--data", str(data_dir), "--no-mlflow",
+                 "--quiet"]) == 0
+    assert "test.ndcg@10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--negatives", "0"], "--negatives must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--alias", "champion", "--no-mlflow"], "--alias needs MLflow tracking"),
+    (["--options", "{dim"], "--options must be a JSON object"),
+    (["--options", '{"depth": 3}'], "unknown option(s) ['depth'] for grank"),
+    (["--model", "popularity", "--options", '{"dim": 8}'], "--options does not apply to popularity"),
+])
+def test_train_retrieval_bad_flags(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "retrieval", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_retrieval_choices_are_the_registry() -> None:
+    from models.retrieval.registry import ALL_RETRIEVERS
+    from recsys.cli import RETRIEVAL_MODELS
+
+    assert RETRIEVAL_MODELS == ALL_RETRIEVERS
 

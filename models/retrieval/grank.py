@@ -1,0 +1,215 @@
+"""GRank (arXiv 2510.15299): target-aware generator + exact MIPS + cross-attention ranker; SASRec as its
+sequence-only special case.
+
+**Generator.** A causal transformer over the last ``short_len`` clicked items (item vector + time-gap + recency
+position) followed by the query token U (user profile and sum-pooled behaviour, §2.1). The output at U, projected, is
+the user vector ``u`` that MIPS serves. During training the target and the sampled negatives are appended as
+auxiliary candidate tokens (an auxiliary MLP of their item vectors) under the decomposed mask of
+:class:`~models.retrieval.layers.DecomposedLayer`; their outputs give ``s_sa(c) = <W o_c, e_c>``. At serving they
+are gone and nothing of the user vector changes (history and U never read candidates).
+
+**Ranker.** One-layer, single-head cross-attention from each candidate (query) to the long history (up to
+``long_len`` events, keys/values = item vector + gap), with a learned null slot so an empty history is defined, then
+``MLP([a; e_c; a * e_c; u * e_c])``.
+
+**Losses** (§3): InfoNCE over the target (column 0) and its live-at-t negatives of the NTP score ``<u, e_c>``, the
+auxiliary score and the ranker score, weighted by ``weights``. The ranker and the auxiliary tokens see the target,
+half hard negatives (the generator's current top-scoring negatives, detached) and half random ones.
+
+**SASRec** (``query_token=False``, no aux, no ranker): the user vector is the output at the most recent history
+position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.retrieval.inputs import CatalogSizes, QueryBatch
+from models.retrieval.layers import DecomposedLayer, HistoryEncoder, ItemEncoder, QueryEncoder
+
+
+@dataclass
+class GRankConfig:
+    """Sizes and switches of GRank and its variants (``aux=False``: no auxiliary tokens; ``ranker=False``: no
+    ranker; ``query_token=False`` + both off: SASRec)."""
+
+    dim: int = 64
+    layers: int = 4
+    heads: int = 2
+    ffn_mult: int = 2
+    dropout: float = 0.1
+    short_len: int = 64
+    long_len: int = 256
+    query_token: bool = True
+    aux: bool = True
+    ranker: bool = True
+    temperature: float = 0.07
+    weight_ntp: float = 1.0
+    weight_sa: float = 1.0
+    weight_ca: float = 1.0
+    n_sub: int = 32  # candidates (target included) per anchor for the auxiliary tokens and the ranker
+    hard_share: float = 0.5
+    k1: int = 200  # generator top-k1 that the ranker rescores at inference
+
+    def __post_init__(self) -> None:
+        if self.short_len > self.long_len:
+            raise ValueError(f"short_len ({self.short_len}) must not exceed long_len ({self.long_len})")
+        if not 0.0 <= self.hard_share <= 1.0:
+            raise ValueError(f"hard_share must lie in [0, 1], got {self.hard_share}")
+        if min(self.dim, self.layers, self.heads, self.n_sub, self.k1) < 1 or self.temperature <= 0:
+            raise ValueError(f"GRank sizes must be positive: {self}")
+
+
+def info_nce(scores: Tensor, valid: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE of ``scores [B, C]`` with the positive in column 0; invalid columns are excluded."""
+    logits = (scores.float() / temperature).masked_fill(~valid, float("-inf"))
+    return -(logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()
+
+
+class CrossAttentionRanker(nn.Module):
+    """``forward(cand [B, C, d], hist [B, L, d], valid [B, L] bool, user [B, d]) -> [B, C]`` (one head, one layer)."""
+
+    def __init__(self, dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.null_k = nn.Parameter(torch.zeros(dim))
+        self.null_v = nn.Parameter(torch.zeros(dim))
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.scale = dim ** -0.5
+
+    def forward(self, cand: Tensor, hist: Tensor, valid: Tensor, user: Tensor) -> Tensor:
+        q = self.q(cand)
+        k, v = self.k(hist), self.v(hist)
+        s = torch.einsum("bcd,bld->bcl", q, k) * self.scale
+        s = s.masked_fill(~valid[:, None, :], float("-inf"))
+        s_null = (q @ self.null_k) * self.scale
+        w = torch.softmax(torch.cat([s, s_null.unsqueeze(-1)], dim=-1), dim=-1)
+        a = torch.einsum("bcl,bld->bcd", w[..., :-1], v) + w[..., -1:] * self.null_v
+        u = user.unsqueeze(1).expand_as(cand)
+        return self.mlp(torch.cat([a, cand, a * cand, u * cand], dim=-1)).squeeze(-1)
+
+
+class GRank(nn.Module):
+    """Generator (+ auxiliary candidate tokens) + ranker over shared item vectors."""
+
+    def __init__(self, sizes: CatalogSizes, cfg: GRankConfig, buffers: dict[str, Tensor] | None = None) -> None:
+        super().__init__()
+        self.sizes, self.cfg = sizes, cfg
+        d = cfg.dim
+        self.items = ItemEncoder(sizes, d, buffers)
+        self.history = HistoryEncoder(d, positions=cfg.short_len)
+        self.query = QueryEncoder(sizes, d, cfg.short_len) if cfg.query_token else None
+        self.layers = nn.ModuleList(DecomposedLayer(d, cfg.heads, cfg.ffn_mult, cfg.dropout)
+                                    for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(d)
+        self.user_proj = nn.Linear(d, d)
+        self.aux_mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) if cfg.aux else None
+        self.aux_proj = nn.Linear(d, d, bias=False) if cfg.aux else None
+        self.long_history = HistoryEncoder(d) if cfg.ranker else None
+        self.ranker = CrossAttentionRanker(d) if cfg.ranker else None
+
+    # ---------------------------------------------------------------------------------------------- generator
+    def _sequence(self, q: QueryBatch) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor]:
+        """Run history + U once: (user vectors [B, d], per-layer keys/values, key validity [B, S])."""
+        items = q.hist[:, -self.cfg.short_len:]
+        x = self.history(items, q.hist_gap[:, -self.cfg.short_len:], self.items(items))
+        valid = items > 0
+        if self.query is not None:
+            x = torch.cat([x, self.query(q, self.items).unsqueeze(1)], dim=1)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+        cache = []
+        for layer in self.layers:
+            x, kv = layer.forward_sequence(x, valid)
+            cache.append(kv)
+        return self.user_proj(self.final_norm(x[:, -1])), cache, valid
+
+    def _auxiliary(self, cand_vectors: Tensor, cache: list[tuple[Tensor, Tensor]], valid: Tensor) -> Tensor:
+        """Auxiliary candidate-token scores ``s_sa`` ``[B, C]`` from item vectors ``[B, C, d]`` and the cached
+        sequence of every layer (candidates never see each other)."""
+        if self.aux_mlp is None or self.aux_proj is None:
+            raise ValueError("this GRank variant has no auxiliary tokens (aux=False)")
+        c = self.aux_mlp(cand_vectors)
+        for layer, kv in zip(self.layers, cache):
+            c = layer.forward_candidates(c, kv, valid)
+        return (self.aux_proj(self.final_norm(c)) * cand_vectors).sum(-1)
+
+    def user_vector(self, q: QueryBatch) -> Tensor:
+        """The serving user vector ``[B, d]`` (no candidate tokens)."""
+        return self._sequence(q)[0]
+
+    def item_vectors(self, rows: Tensor) -> Tensor:
+        """Item vectors ``[..., d]`` for MIPS (the same vectors the NTP loss scores)."""
+        return self.items(rows)
+
+    # ---------------------------------------------------------------------------------------------- ranker
+    def rank(self, q: QueryBatch, user: Tensor, cand: Tensor, cand_vectors: Tensor | None = None) -> Tensor:
+        """Ranker scores ``[B, C]`` of candidate rows ``[B, C]`` (their item vectors may be passed in)."""
+        if self.ranker is None or self.long_history is None:
+            raise ValueError("this GRank variant has no ranker (ranker=False)")
+        hist = self.long_history(q.hist, q.hist_gap, self.items(q.hist))
+        e = self.items(cand) if cand_vectors is None else cand_vectors
+        return self.ranker(e, hist, q.hist > 0, user)
+
+    @torch.no_grad()
+    def scores(self, q: QueryBatch, cand: Tensor, valid: Tensor) -> Tensor:
+        """Final scores ``[B, C]`` of candidate rows (inference): generator scores; with a ranker, the generator's
+        top-``k1`` valid candidates are rescored by the ranker and placed above the rest (float64, so that the offset
+        never rounds ranker scores into ties)."""
+        u = self.user_vector(q)
+        gen = torch.einsum("bd,bcd->bc", u, self.items(cand)).double().masked_fill(~valid, float("-inf"))
+        if self.ranker is None:
+            return gen
+        k1 = min(self.cfg.k1, cand.shape[1])
+        top = gen.topk(k1, dim=1).indices
+        top_valid = valid.gather(1, top)
+        rs = self.rank(q, u, cand.gather(1, top)).double()
+        out = gen.clone()
+        # the ranked block sits above every generator score; ties keep the ranker's order
+        offset = gen.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True).clamp_min(0) + 1e4
+        out.scatter_(1, top, torch.where(top_valid, rs + offset - rs.amin(1, keepdim=True), gen.gather(1, top)))
+        return out
+
+    # ---------------------------------------------------------------------------------------------- training
+    def losses(self, q: QueryBatch, cand: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        """Training losses for candidate rows ``[B, C]`` (column 0 = target, the rest live-at-t negatives)."""
+        u, cache, seq_valid = self._sequence(q)
+        e = self.items(cand)
+        ntp = torch.einsum("bd,bcd->bc", u, e)
+        out = {"ntp": info_nce(ntp, valid, self.cfg.temperature)}
+        total = self.cfg.weight_ntp * out["ntp"]
+        if self.aux_mlp is not None or self.ranker is not None:
+            sub = self._subset(ntp.detach(), valid)
+            sub_cand, sub_valid = cand.gather(1, sub), valid.gather(1, sub)
+            sub_e = e.gather(1, sub[..., None].expand(-1, -1, e.shape[-1]))
+            if self.aux_mlp is not None:
+                out["sa"] = info_nce(self._auxiliary(sub_e, cache, seq_valid), sub_valid, self.cfg.temperature)
+                total = total + self.cfg.weight_sa * out["sa"]
+            if self.ranker is not None:
+                out["ca"] = info_nce(self.rank(q, u, sub_cand, sub_e), sub_valid, 1.0)
+                total = total + self.cfg.weight_ca * out["ca"]
+        out["loss"] = total
+        return out
+
+    def _subset(self, ntp: Tensor, valid: Tensor) -> Tensor:
+        """Column indices ``[B, n_sub]``: the target, the hardest valid negatives by the current NTP score, then
+        random ones (the columns after 0 are already in random order)."""
+        c = ntp.shape[1]
+        n = min(self.cfg.n_sub, c)
+        n_hard = int(round((n - 1) * self.cfg.hard_share))
+        neg = ntp[:, 1:].masked_fill(~valid[:, 1:], float("-inf"))
+        hard = neg.topk(n_hard, dim=1).indices + 1 if n_hard else ntp.new_zeros((ntp.shape[0], 0), dtype=torch.long)
+        taken = torch.zeros_like(valid)
+        taken.scatter_(1, hard, True)
+        taken[:, 0] = True
+        # the first remaining columns in order: stable sort of "taken" puts untaken columns first
+        rest = torch.sort(taken.to(torch.int8), dim=1, stable=True).indices[:, : n - 1 - n_hard]
+        zero = torch.zeros_like(ntp[:, :1], dtype=torch.long)
+        return torch.cat([zero, hard, rest], dim=1)
+
+
+__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "info_nce"]

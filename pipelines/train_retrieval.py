@@ -1,0 +1,270 @@
+"""Job: train one retriever on the KuaiLive top-K protocol, evaluate it, export it, track it in MLflow.
+
+Training examples are the leave-one-out ``train`` clicks; each anchor is contrasted with ``n_negatives`` items live at
+its own t. Validation NDCG@10 (sampled protocol) drives early stopping, checked every ``eval_every`` steps and at
+every epoch end. The evaluation
+ranks each target among its protocol candidates (10,000 live-at-t negatives, or all of them when fewer) for
+Recall/NDCG@{5,10,20}, and among every item live at t for Recall/NDCG@{50,500}; a GRank with a ranker also reports
+the generator's Recall@k1 (the ceiling of the ranker).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.retrieval.grank import GRank
+from models.retrieval.inputs import CatalogSizes, QueryBatch, catalog_tensors
+from models.retrieval.registry import NON_PARAMETRIC, RetrieverConfig, build_retriever
+from pipelines.train_ranker import _autocast, resolve_device, set_alias
+from recsys.config import TrackingConfig
+from recsys.data.retrieval import BEHAVIOURS, RetrievalDataset, eval_candidates
+from recsys.metrics import target_ranks, topk_metrics
+from recsys.tracking import tracking_run
+
+log = logging.getLogger(__name__)
+
+SAMPLED_KS: tuple[int, ...] = (5, 10, 20)
+FULL_KS: tuple[int, ...] = (50, 500)
+
+
+@dataclass
+class RetrievalTrainConfig:
+    model: str = "grank"
+    granularity: str = "streamer"
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    clip_norm: float = 10.0
+    n_negatives: int = 255  # live-at-t negatives per training anchor
+    eval_every: int = 0  # steps between validation checks; 0 = once per epoch
+    patience: int = 2  # validation checks without a better NDCG@10 before stopping
+    max_steps: int = 0  # 0 = no step budget
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 128
+    progress: bool = True
+    register_name: str | None = "kuailive-retriever"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.n_negatives < 1:
+            raise ValueError(f"epochs, batch_size, lr and n_negatives must be positive: {self}")
+        if self.granularity not in ("streamer", "room"):
+            raise ValueError(f"granularity must be 'streamer' or 'room', got {self.granularity!r}")
+
+
+@dataclass
+class RetrievalTrainResult:
+    model: torch.nn.Module | None  # None for popularity
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    export_dir: Path | None = None
+    run_id: str | None = None
+    model_version: str | None = None
+
+
+def catalog_sizes(ds: RetrievalDataset) -> CatalogSizes:
+    return CatalogSizes(n_items=ds.catalog.n_items, n_streamers=ds.catalog.n_streamers, n_users=ds.n_users,
+                        n_profile=ds.profile_vocab_size, n_profile_fields=int(ds.user_profile.shape[1]),
+                        n_behaviours=len(BEHAVIOURS), title_dim=int(ds.catalog.titles.shape[1]),
+                        granularity=ds.granularity)
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def score_candidates(model: torch.nn.Module | None, ds: RetrievalDataset, users: np.ndarray, times: np.ndarray,
+                     cands: np.ndarray, valid: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Final scores ``[n, C]`` (float64, -inf where invalid) of candidate rows; ``model=None`` is popularity."""
+    if model is None:
+        return np.where(valid, ds.popularity_scores(cands, times), -np.inf)
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.empty(cands.shape, np.float64)
+    for i in range(0, users.size, batch_size):
+        sl = slice(i, i + batch_size)
+        q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
+        c = torch.as_tensor(cands[sl], device=device)
+        v = torch.as_tensor(valid[sl], device=device)
+        with _autocast(device):
+            out[sl] = model.scores(q, c, v).double().cpu().numpy()
+    return out
+
+
+def _ranks(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return target_ranks(scores[:, 0], np.where(valid[:, 1:], scores[:, 1:], 0.0), valid[:, 1:])
+
+
+@torch.no_grad()
+def generator_recall(model: GRank, ds: RetrievalDataset, users: np.ndarray, times: np.ndarray,
+                     cands: np.ndarray, valid: np.ndarray, batch_size: int = 128) -> float:
+    """Share of targets inside the generator's top-k1 (the ranker's ceiling)."""
+    model.eval()
+    device = next(model.parameters()).device
+    hits = []
+    for i in range(0, users.size, batch_size):
+        sl = slice(i, i + batch_size)
+        q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
+        e = model.item_vectors(torch.as_tensor(cands[sl], device=device))
+        s = torch.einsum("bd,bcd->bc", model.user_vector(q), e).double().cpu().numpy()
+        hits.append(_ranks(np.where(valid[sl], s, -np.inf), valid[sl]) <= model.cfg.k1)
+    return float(np.mean(np.concatenate(hits)))
+
+
+def evaluate_retriever(model: torch.nn.Module | None, ds: RetrievalDataset, split: str = "test",
+                       full_pool: bool = True, batch_size: int = 128) -> dict[str, float]:
+    """Recall/NDCG@{5,10,20} on the protocol's candidates; with ``full_pool`` also @{50,500} against every item
+    live at t (and the generator's recall@k1 for GRank with a ranker)."""
+    users, times, cands, valid = eval_candidates(ds, split)
+    ranks = _ranks(score_candidates(model, ds, users, times, cands, valid, batch_size), valid)
+    out = topk_metrics(ranks, SAMPLED_KS)
+    out["n"] = float(users.size)
+    if full_pool:
+        users, times, cands, valid = eval_candidates(ds, split, full_pool=True)
+        full = _ranks(score_candidates(model, ds, users, times, cands, valid, batch_size), valid)
+        out.update(topk_metrics(full, FULL_KS))
+        out["mean_live"] = float(valid.sum(1).mean())
+        if isinstance(model, GRank) and model.ranker is not None:
+            out[f"generator_recall@{model.cfg.k1}"] = generator_recall(model, ds, users, times, cands, valid,
+                                                                        batch_size)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def fit_retriever(ds: RetrievalDataset, cfg: RetrievalTrainConfig, on_eval=None) -> RetrievalTrainResult:
+    """Train with early stopping on validation NDCG@10; returns the best model (restored) and its history."""
+    if cfg.model in NON_PARAMETRIC:
+        return RetrievalTrainResult(model=None, metrics={"steps": 0.0}, history=[])
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    rcfg = RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
+    model = build_retriever(catalog_sizes(ds), rcfg, catalog_tensors(ds.catalog)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = ds.train_user.size
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    best, best_state, bad, step, seen, train_time = -1.0, None, 0, 0, 0, 0.0
+    history: list[dict[str, float]] = []
+    running: dict[str, list[float]] = {}
+    stop = False
+    bar = tqdm(total=total, disable=not cfg.progress, desc=f"train {cfg.model} ({ds.granularity})", unit="step")
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(n)
+        for i in range(steps_per_epoch):
+            rows = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            t0 = time.perf_counter()
+            model.train()
+            users, times, target = ds.train_user[rows], ds.train_time[rows], ds.train_item[rows]
+            negs, ok = ds.sample_live_negatives(times, target, cfg.n_negatives, rng)
+            q = QueryBatch.from_arrays(ds.query(users, times), device)
+            cand = torch.as_tensor(np.concatenate([target[:, None], negs], 1), device=device)
+            valid = torch.as_tensor(np.concatenate([np.ones((rows.size, 1), bool), ok], 1), device=device)
+            with _autocast(device):
+                losses = model.losses(q, cand, valid)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            train_time += time.perf_counter() - t0
+            seen += rows.size
+            step += 1
+            for k, v in losses.items():
+                running.setdefault(k, []).append(float(v.detach()))
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(running['loss'][-20:]):.3f}", best_ndcg10=f"{max(best, 0):.4f}")
+            end_of_epoch = i == steps_per_epoch - 1 or step >= total
+            if (cfg.eval_every and step % cfg.eval_every == 0) or end_of_epoch:
+                m = evaluate_retriever(model, ds, "valid", full_pool=False, batch_size=cfg.eval_batch_size)
+                rec = {"step": step, "epoch": epoch + (i + 1) / steps_per_epoch, "samples_per_s": seen / train_time,
+                       **{f"train_{k}": float(np.mean(v)) for k, v in running.items()},
+                       **{f"valid_{k}": v for k, v in m.items() if k != "n"}}
+                running = {}
+                history.append(rec)
+                if on_eval is not None:
+                    on_eval(rec)
+                if m["ndcg@10"] > best + 1e-5:
+                    best, bad, best_state = m["ndcg@10"], 0, copy.deepcopy(model.state_dict())
+                else:
+                    bad += 1
+                stop = bad >= cfg.patience or step >= total
+            if stop or end_of_epoch:
+                break
+        if stop:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    metrics = {"train_samples_per_s": seen / max(train_time, 1e-9), "steps": float(step),
+               "best_valid_ndcg@10": best, "params": float(sum(p.numel() for p in model.parameters()))}
+    return RetrievalTrainResult(model=model, metrics=metrics, history=history)
+
+
+def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: TrackingConfig,
+                    export_dir: str | Path | None = None) -> RetrievalTrainResult:
+    """Fit, evaluate on test (sampled protocol and the full live pool), export, and log it all to one MLflow run
+    (popularity is evaluated and logged, with nothing to export)."""
+    name = f"train-retrieval-{cfg.model}-{ds.granularity}"
+    with tracking_run(tracking, name, tags={"job": "train_retrieval", "model": cfg.model,
+                                            "granularity": ds.granularity}) as tr:
+        options = {} if cfg.model in NON_PARAMETRIC else RetrieverConfig.for_model(
+            cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides).options
+        tr.log_params({"train": {k: v for k, v in asdict(cfg).items() if k != "overrides"}, "retriever": options,
+                       "data": {"granularity": ds.granularity, "n_train": int(ds.train_user.size),
+                                "n_users": ds.n_users, "n_items": ds.catalog.n_items},
+                       "device": str(resolve_device(cfg.device))})
+        res = fit_retriever(ds, cfg, on_eval=lambda rec: tr.log_metrics(
+            {k: v for k, v in rec.items() if k != "step"}, step=int(rec["step"])))
+        test = evaluate_retriever(res.model, ds, "test", batch_size=cfg.eval_batch_size)
+        res.metrics.update({f"test.{k}": v for k, v in test.items()})
+        tr.log_metrics(res.metrics)
+        res.run_id = tr.run_id
+        if res.history:
+            import matplotlib.pyplot as plt
+
+            from pipelines.train_ranker import learning_curve
+
+            fig = learning_curve(res.history, f"{cfg.model} retriever ({ds.granularity})", loss_label="train loss",
+                                 metric_key="valid_ndcg@10", metric_label="NDCG@10")
+            tr.log_figure(fig, "learning_curve.png")
+            plt.close(fig)
+        if res.model is None:
+            return res
+        from models.retrieval.export import save_retriever
+
+        out = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="retriever-export-"))
+        rcfg = RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
+        save_retriever(res.model, rcfg, catalog_sizes(ds), out, ds.catalog, ds.user_index, ds.profile_vocab,
+                       meta={"model": cfg.model, "granularity": ds.granularity, "behaviour_len": ds.behaviour_len,
+                             "metrics": dict(res.metrics)})
+        res.export_dir = out
+        if tr.run is not None:
+            from pipelines.retrieval_registry import log_retriever_model
+
+            res.model_version = log_retriever_model(out, res.model, ds, cfg.register_name)
+        return res
+
+
+def load_retrieval_dataset(data_dir: str | Path, granularity: str = "streamer", cache_dir: str | Path | None = None,
+                           **kwargs: Any) -> RetrievalDataset:
+    """KuaiLive-format files -> :class:`RetrievalDataset` of one granularity."""
+    from recsys.data.loaders import load_kuailive
+    from recsys.data.retrieval import build_retrieval_dataset
+
+    return build_retrieval_dataset(load_kuailive(Path(data_dir), cache_dir=cache_dir), granularity, **kwargs)
+
+
+__all__ = ["RetrievalTrainConfig", "RetrievalTrainResult", "RetrieverConfig", "evaluate_retriever", "fit_retriever",
+           "load_retrieval_dataset", "score_candidates", "set_alias", "train_retrieval"]
