@@ -2,8 +2,10 @@
 
 Stages so far: synthesize -> load & validate -> dataset stats -> build datasets -> oracle scores -> stream ingestion
 (in-process bus into the in-memory feature store, checked against batch features) -> TokenMixer-Large ranker
-(short training budget, test metrics vs the oracle, export, MLflow registry alias ``champion``) -> MLflow run.
-Later stages (retrieval, TPP, allocation, serving) join here as they land.
+(short training budget, test metrics vs the oracle, export, MLflow registry alias ``champion``) -> GRank retrieval
+(short budget on the streamer protocol against popularity, export, alias ``champion``, then retrieval for a few users
+over an exact MIPS index kept current by replaying the room starts and ends up to t) -> MLflow run.
+Later stages (TPP, allocation, serving) join here as they land.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from pathlib import Path
 from pipelines.datasets import build_datasets
 from pipelines.ingest import IngestConfig, check_parity, run_ingest
 from pipelines.train_ranker import RankerTrainConfig, set_alias, train_ranker
+from pipelines.train_retrieval import (
+    RetrievalTrainConfig,
+    evaluate_retriever,
+    load_retrieval_dataset,
+    retrieve_live,
+    train_retrieval,
+)
 from recsys.config import PlatformConfig
 from recsys.data.loaders import load_kuailive
 from recsys.data.ranking import build_ranking_dataset
@@ -36,11 +45,15 @@ class QuickstartResult:
     run_id: str | None
     ranker: dict[str, float] = field(default_factory=dict)
     ranker_dir: Path | None = None
+    retrieval: dict[str, float] = field(default_factory=dict)
+    retrieval_dir: Path | None = None
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
 #: Ranker training budget in the quickstart (steps of 2,048 samples; the benchmark trains longer).
 QUICKSTART_RANKER_STEPS = {"tiny": 40, "small": 150, "full": 300}
+#: GRank training budget in the quickstart (steps of 256 anchors).
+QUICKSTART_RETRIEVAL_STEPS = {"tiny": 30, "small": 150, "full": 300}
 
 
 def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstart", scale: str = "small",
@@ -53,12 +66,12 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_params({"scale": scale, "seed": seed, "data_dir": str(data_dir)})
 
         t0 = time.perf_counter()
-        echo(f"[1/6] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
+        echo(f"[1/7] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
         generate(data_dir, SynthConfig(scale=scale, seed=seed))
         stage_s["synth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        echo("[2/6] loading and validating the KuaiLive files")
+        echo("[2/7] loading and validating the KuaiLive files")
         data = load_kuailive(data_dir, cache_dir=data_dir / ".cache")
         stage_s["load"] = time.perf_counter() - t0
         report = stats_report(data)
@@ -66,17 +79,17 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_text(report, "stats.txt")
 
         t0 = time.perf_counter()
-        echo("[3/6] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
+        echo("[3/7] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
         ds = build_datasets(data, out / "datasets", truth_dir=data_dir / "truth")
         stage_s["datasets"] = time.perf_counter() - t0
         for k, v in ds.counts.items():
             echo(f"    {k:>28}: {v:,}")
 
-        echo("[4/6] oracle (ground-truth click probability) on the CTR test split")
+        echo("[4/7] oracle (ground-truth click probability) on the CTR test split")
         for k, v in ds.oracle.items():
             echo(f"    oracle.{k:<10} {v:.4f}")
         t0 = time.perf_counter()
-        echo("[5/6] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
+        echo("[5/7] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
              "in-memory feature store")
         ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False), events=event_table(data))
         stage_s["ingest"] = time.perf_counter() - t0
@@ -87,7 +100,7 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
             raise RuntimeError(f"online features differ from batch features: {parity}")
         t0 = time.perf_counter()
         steps = QUICKSTART_RANKER_STEPS[scale]
-        echo(f"[6/6] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
+        echo(f"[6/7] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
              "metrics, export, MLflow registry")
         rds = build_ranking_dataset(data, truth_dir=data_dir / "truth")
         tcfg = RankerTrainConfig(model="tokenmixer", epochs=1, max_steps=steps, batch_size=2048 if scale != "tiny" else 512,
@@ -104,6 +117,10 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
             set_alias(tcfg.register_name, rk.model_version, "champion", config.tracking)
             echo(f"    alias models:/{tcfg.register_name}@champion -> version {rk.model_version}")
         tracker.log_metrics({"ranker": ranker})
+        t0 = time.perf_counter()
+        retrieval, rt = _retrieval_stage(data_dir, config, out, scale, seed, echo)
+        stage_s["retrieval"] = time.perf_counter() - t0
+        tracker.log_metrics({"retrieval": retrieval})
         stats = table2(data)
         tracker.log_metrics({"ingest": {"events": ing.stats.processed, "events_per_s": ing.stats.events_per_s}})
         tracker.log_metrics({"oracle": ds.oracle, "counts": ds.counts, "stage_s": stage_s})
@@ -113,4 +130,36 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
                  f"({config.tracking.tracking_uri}); browse with: mlflow ui --backend-store-uri "
                  f"{config.tracking.tracking_uri}")
         return QuickstartResult(data_dir=data_dir, datasets_dir=ds.out_dir, stats=stats, oracle=ds.oracle,
-                                run_id=tracker.run_id, ranker=ranker, ranker_dir=rk.export_dir, stage_s=stage_s)
+                                run_id=tracker.run_id, ranker=ranker, ranker_dir=rk.export_dir, retrieval=retrieval,
+                                retrieval_dir=rt.export_dir, stage_s=stage_s)
+
+
+def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo):
+    """Stage 7: GRank on the streamer protocol vs popularity, export + alias, live retrieval over exact MIPS."""
+    steps = QUICKSTART_RETRIEVAL_STEPS[scale]
+    echo(f"[7/7] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
+         "negatives, test Recall/NDCG vs popularity, export, MLflow registry, live MIPS")
+    ds = load_retrieval_dataset(data_dir, "streamer", cache_dir=data_dir / ".cache")
+    tcfg = RetrievalTrainConfig(model="grank", granularity="streamer", epochs=1, max_steps=steps,
+                                batch_size=256 if scale != "tiny" else 64, eval_every=0, seed=seed)
+    rt = train_retrieval(ds, tcfg, config.tracking, export_dir=out / "retrieval" / "grank-streamer")
+    pop = evaluate_retriever(None, ds, "test")
+    keys = ("ndcg@10", "recall@20", "recall@50")
+    metrics = {**{f"grank.{k}": rt.metrics[f"test.{k}"] for k in keys}, **{f"popularity.{k}": pop[k] for k in keys},
+               "train_samples_per_s": rt.metrics["train_samples_per_s"]}
+    echo("    " + ", ".join(f"{k} {v:,.0f}" if k.endswith("per_s") else f"{k} {v:.4f}" for k, v in metrics.items()))
+    echo(f"    exported to {rt.export_dir}" + (f"; registered {tcfg.register_name} v{rt.model_version}"
+                                                if rt.model_version else ""))
+    if rt.model_version and tcfg.register_name:
+        set_alias(tcfg.register_name, rt.model_version, "champion", config.tracking)
+        echo(f"    alias models:/{tcfg.register_name}@champion -> version {rt.model_version}")
+    t = int(ds.eval_sets["test"].targets["timestamp"].max())
+    users = ds.user_index.lookup(ds.eval_sets["test"].targets["user_id"].to_numpy()[:3])
+    live = retrieve_live(rt.model, ds, users, t, k=5)
+    echo(f"    live MIPS at t={t}: replayed {live.updates:,} room starts/ends into the index, {live.live_at_t:,} "
+         "streamers live")
+    for u, items, scores in zip(users, live.items, live.scores):
+        top = ", ".join(f"{s}:{v:.2f}" for s, v in zip(ds.catalog.raw_ids(items), scores))
+        echo(f"    user {ds.user_index.ids[u - 1]} -> streamers {top}")
+    metrics["live_items"] = float(live.live_at_t)
+    return metrics, rt

@@ -97,9 +97,16 @@ def score_candidates(model: torch.nn.Module | None, ds: RetrievalDataset, users:
         q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
         c = torch.as_tensor(cands[sl], device=device)
         v = torch.as_tensor(valid[sl], device=device)
+        pop = torch.as_tensor(candidate_popularity(ds, cands[sl], times[sl]), device=device)
         with _autocast(device):
-            out[sl] = model.scores(q, c, v).double().cpu().numpy()
+            out[sl] = model.scores(q, c, v, pop).double().cpu().numpy()
     return out
+
+
+def candidate_popularity(ds: RetrievalDataset, cands: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``log1p`` of each candidate streamer's clicks in the 24 h before t, ``[B, C]`` float32 (the ranker's
+    per-candidate feature; the online store keeps the same per-streamer day counts)."""
+    return np.log1p(ds.streamer_clicks(cands, times)[0]).astype(np.float32)
 
 
 def _ranks(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -169,10 +176,12 @@ def fit_retriever(ds: RetrievalDataset, cfg: RetrievalTrainConfig, on_eval=None)
             users, times, target = ds.train_user[rows], ds.train_time[rows], ds.train_item[rows]
             negs, ok = ds.sample_live_negatives(times, target, cfg.n_negatives, rng)
             q = QueryBatch.from_arrays(ds.query(users, times), device)
-            cand = torch.as_tensor(np.concatenate([target[:, None], negs], 1), device=device)
+            cand_np = np.concatenate([target[:, None], negs], 1)
+            cand = torch.as_tensor(cand_np, device=device)
             valid = torch.as_tensor(np.concatenate([np.ones((rows.size, 1), bool), ok], 1), device=device)
+            pop = torch.as_tensor(candidate_popularity(ds, cand_np, times), device=device)
             with _autocast(device):
-                losses = model.losses(q, cand, valid)
+                losses = model.losses(q, cand, valid, pop)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -210,6 +219,64 @@ def fit_retriever(ds: RetrievalDataset, cfg: RetrievalTrainConfig, on_eval=None)
     metrics = {"train_samples_per_s": seen / max(train_time, 1e-9), "steps": float(step),
                "best_valid_ndcg@10": best, "params": float(sum(p.numel() for p in model.parameters()))}
     return RetrievalTrainResult(model=model, metrics=metrics, history=history)
+
+
+@dataclass
+class LiveRetrieval:
+    """The result of :func:`retrieve_live`: item rows and scores per user, and the index's size over the replay."""
+
+    items: np.ndarray  # [n_users, k] item rows (0 where fewer were live)
+    scores: np.ndarray  # [n_users, k]
+    live_at_t: int
+    updates: int  # upserts + removals applied while replaying the room lifecycle
+
+
+@torch.no_grad()
+def retrieve_live(model: torch.nn.Module, ds: RetrievalDataset, user_rows: np.ndarray, t: int, k: int = 50,
+                  backend: str = "torch", replay_from: int | None = None) -> LiveRetrieval:
+    """Top-k retrieval for users at time ``t`` over an exact MIPS index kept current from the room lifecycle:
+    rooms that start in ``[replay_from, t]`` are upserted and rooms that end are removed, in event-time order, as the
+    service does from the stream (``replay_from`` defaults to one hour before ``t``). Returns only items live at t.
+    """
+    from recsys.mips import make_index
+
+    model.eval()
+    device = next(model.parameters()).device
+    start = t - 3_600_000 if replay_from is None else replay_from
+    index = make_index(backend, int(model.item_vectors(torch.ones(1, dtype=torch.long, device=device)).shape[-1]))
+    live, key = ds.live, ("streamer_id" if ds.granularity == "streamer" else "live_id")
+    raw = live.streamer_id if key == "streamer_id" else live.live_id
+    rows = ds.catalog.rows(raw)
+
+    def vectors(item_rows: np.ndarray) -> np.ndarray:
+        return model.item_vectors(torch.as_tensor(item_rows, device=device)).float().cpu().numpy()
+
+    # the rooms live at replay_from, then every start and end up to t in time order (an end at x before a start at
+    # x: rooms are live on [start, end)); an item stays while one of its rooms is live (a streamer's rooms may overlap)
+    n_live: dict[int, int] = {}
+    for item in rows[live.live_rows(start)].tolist():
+        n_live[item] = n_live.get(item, 0) + 1
+    first = np.array(sorted(n_live), dtype=np.int64)
+    index.upsert(first, vectors(first))
+    real = live.end > live.start  # zero-length rooms are never live
+    events = [(int(live.start[i]), 1, int(rows[i])) for i in np.flatnonzero(real & (live.start > start)
+                                                                             & (live.start <= t))]
+    events += [(int(live.end[i]), 0, int(rows[i])) for i in np.flatnonzero(real & (live.end > start) & (live.end <= t))]
+    updates = 0
+    for _, is_start, item in sorted(events):
+        if is_start:
+            n_live[item] = n_live.get(item, 0) + 1
+            if n_live[item] == 1:
+                index.upsert(np.array([item]), vectors(np.array([item])))
+                updates += 1
+        elif n_live.get(item, 0) > 0:
+            n_live[item] -= 1
+            if n_live[item] == 0:
+                index.remove(np.array([item]))
+                updates += 1
+    q = QueryBatch.from_arrays(ds.query(np.asarray(user_rows), np.full(len(user_rows), t)), device)
+    scores, items = index.search(model.user_vector(q).float().cpu().numpy(), k)
+    return LiveRetrieval(items=items, scores=scores, live_at_t=len(index), updates=updates)
 
 
 def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: TrackingConfig,

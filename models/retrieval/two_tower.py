@@ -64,12 +64,14 @@ class TwoTower(nn.Module):
         return self.items(rows, head=self.item_tower)
 
     @torch.no_grad()
-    def scores(self, q: QueryBatch, cand: Tensor, valid: Tensor) -> Tensor:
+    def scores(self, q: QueryBatch, cand: Tensor, valid: Tensor, cand_pop: Tensor | None = None) -> Tensor:
+        """MIPS scores (``cand_pop`` is accepted for a common signature and unused: a tower has no ranker)."""
         u = self.user_vector(q)
         s = torch.einsum("bd,bcd->bc", u, self.item_vectors(cand)).double()
         return s.masked_fill(~valid, float("-inf"))
 
-    def losses(self, q: QueryBatch, cand: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    def losses(self, q: QueryBatch, cand: Tensor, valid: Tensor, cand_pop: Tensor | None = None
+               ) -> dict[str, Tensor]:
         s = torch.einsum("bd,bcd->bc", self.user_vector(q), self.item_vectors(cand))
         loss = info_nce(s, valid, self.cfg.temperature)
         return {"ntp": loss, "loss": loss}

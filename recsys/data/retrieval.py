@@ -216,15 +216,20 @@ class RetrievalDataset:
         return np.take_along_axis(items, order, 1) * np.take_along_axis(good, order, 1), \
             np.take_along_axis(good, order, 1)
 
-    def popularity_scores(self, items: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Clicks on each item's streamer in the 24 h before ``t`` (items [B, C], times [B]) -> [B, C] float."""
+    def streamer_clicks(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(clicks in the 24 h before ``t``, all clicks before ``t``) of each item's streamer; items [B, C], times [B]
+        -> two int64 [B, C] arrays."""
         s = self.catalog.streamer_row[np.asarray(items, np.int64)]
         t = np.broadcast_to(np.asarray(times, np.int64)[:, None], s.shape)
         p = self.popularity
         before = p.end_positions(s.ravel(), t.ravel())
         since = p.end_positions(s.ravel(), (t - POPULARITY_WINDOW_MS).ravel())
-        total = before - p.user_start[s.ravel()]
-        return ((before - since) + 1e-3 * np.log1p(total)).reshape(s.shape).astype(np.float64)
+        return (before - since).reshape(s.shape), (before - p.user_start[s.ravel()]).reshape(s.shape)
+
+    def popularity_scores(self, items: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Popularity among live items: the streamer's clicks in the last 24 h, ties broken by all past clicks."""
+        recent, total = self.streamer_clicks(items, times)
+        return recent + 1e-3 * np.log1p(total)
 
 
 def build_retrieval_dataset(data: KuaiLiveData, granularity: Granularity, n_negatives: int = 10_000,

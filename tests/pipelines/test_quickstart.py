@@ -56,3 +56,17 @@ def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     assert list(pred.columns) == ["click", "watch_s", "comment", "like", "gift", "gift_value"]
     assert len(pred) == len(example) and pred["click"].between(0, 1).all()
 
+
+    # the retrieval stage: GRank trained, compared with popularity, registered as champion, served over live MIPS
+    assert 0.0 <= res.retrieval["grank.ndcg@10"] <= res.retrieval["grank.recall@20"] <= 1.0
+    assert "popularity.ndcg@10" in res.retrieval and res.retrieval["live_items"] > 0
+    assert (res.retrieval_dir / "weights.pt").exists()
+    rversion = client.get_model_version_by_alias("kuailive-retriever", "champion")
+    rrun = client.get_run(rversion.run_id)
+    assert rrun.data.tags["model"] == "grank" and rrun.data.tags["granularity"] == "streamer"
+    assert rrun.data.metrics["test.ndcg_at_10"] == pytest.approx(res.retrieval["grank.ndcg@10"])
+    local = mlflow.artifacts.download_artifacts("models:/kuailive-retriever@champion")
+    vectors = mlflow.pyfunc.load_model(local).predict(Model.load(local).load_input_example(local))
+    assert len(vectors["user_vector"].iloc[0]) == 64
+    assert any(line.strip().startswith("live MIPS at t=") for line in lines)
+    assert run.data.metrics["retrieval.grank.ndcg_at_10"] == pytest.approx(res.retrieval["grank.ndcg@10"])

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from models.retrieval.export import load_retriever
+from models.retrieval.inputs import QueryBatch
 from pipelines.retrieval_registry import frame_to_query, query_to_frame, user_vectors_frame
 from pipelines.train_retrieval import (
     RetrievalTrainConfig,
     evaluate_retriever,
     fit_retriever,
+    retrieve_live,
     score_candidates,
     train_retrieval,
 )
@@ -125,3 +127,23 @@ def test_export_round_trip_and_the_registered_pyfunc(ds, tmp_path) -> None:
     with pytest.raises(ValueError, match="missing column"):
         frame_to_query(frame.drop(columns=["hist"]), ds.long_len, ds.behaviour_len)
     assert torch.is_tensor(next(loaded.model.parameters()))
+
+
+@pytest.mark.parametrize("granularity", ["streamer", "room"])
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_live_retrieval_replays_the_room_lifecycle_and_returns_only_live_items(tiny_retrieval, granularity, backend):
+    """The index kept current by room starts/ends equals the live set at t, and search equals brute force."""
+    ds = tiny_retrieval(granularity)
+    model = fit_retriever(ds, _cfg(max_steps=2, granularity=granularity)).model
+    t = int(np.median(ds.eval_sets["test"].targets["timestamp"].to_numpy()))
+    users = ds.train_user[:4]
+    res = retrieve_live(model, ds, users, t, k=10, backend=backend, replay_from=t - 6 * 3_600_000)
+    live = ds.live_items(t)
+    assert res.live_at_t == live.size and res.updates > 0
+    assert np.isin(res.items, live).all()  # a room that ended is never returned
+    with torch.no_grad():
+        u = model.user_vector(QueryBatch.from_arrays(ds.query(users, np.full(4, t)))).numpy()
+        e = model.item_vectors(torch.as_tensor(live)).numpy()
+    brute = u @ e.T
+    for i in range(4):
+        np.testing.assert_allclose(np.sort(res.scores[i])[::-1], np.sort(brute[i])[::-1][:10], rtol=1e-5, atol=1e-6)
