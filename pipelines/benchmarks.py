@@ -257,6 +257,50 @@ def bench_retrieval(scale: str, cfg: PlatformConfig | None = None, seed: int = 0
     return device.type, metrics
 
 
+#: Budget of ``bench tpp``, the same for every scheme.
+TPP_BUDGET: dict[str, dict[str, Any]] = {
+    "tiny": {"epochs": 1, "batch_size": 32, "n_samples": 10, "eval_max_sequences": 20, "max_len": 32,
+             "window_days": 7},
+    "small": {"epochs": 2, "batch_size": 64, "n_samples": 20, "eval_max_sequences": 100, "max_len": 64,
+              "window_days": 3},
+    "full": {"epochs": 1, "batch_size": 128, "n_samples": 20, "eval_max_sequences": 200, "max_len": 128,
+             "window_days": 3},
+}
+
+
+def bench_tpp(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
+              schemes: tuple[str, ...] | None = None) -> tuple[str, dict[str, Any]]:
+    """The continual protocol for the four schemes (AttNHP base, same budget): per scheme ``ll_next`` (mean
+    log-likelihood per event on the next window), ``ll_current``, ``forgetting``, ``bwt``, ``avg_final``,
+    ``rmse_dt`` / ``type_error`` (next window) and the per-window ``w<t>.ll_next``; ``windows`` and the time unit."""
+    from pipelines.train_tpp import SCHEMES, TPPTrainConfig, load_tpp_tasks, run_continual
+
+    cfg = cfg or PlatformConfig()
+    budget = dict(TPP_BUDGET[scale])
+    max_len, window_days = budget.pop("max_len"), budget.pop("window_days")
+    metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-tpp-") as tmp:
+        tasks = load_tpp_tasks(_synthetic_dir(scale, cfg, seed, tmp), window_days, max_len, seed)
+    metrics.update({"windows": len(tasks), "minutes_per_unit": tasks.time_scale_min, "dtime_max": tasks.dtime_max,
+                    "censored_share": tasks.info["censored_share"]})
+    for scheme in schemes or SCHEMES:
+        t0 = time.perf_counter()
+        res = run_continual(tasks, TPPTrainConfig(scheme=scheme, seed=seed, progress=False, **budget))
+        s = res.summary
+        metrics.update({f"{scheme}.ll_next": s["ll_per_event.next"], f"{scheme}.ll_current": s["ll_per_event.current"],
+                        f"{scheme}.avg_final": s["ll_per_event.avg_final"],
+                        f"{scheme}.forgetting": s.get("ll_per_event.forgetting", float("nan")),
+                        f"{scheme}.bwt": s.get("ll_per_event.bwt", float("nan")),
+                        f"{scheme}.rmse_dt": s.get("rmse_dt.next", float("nan")),
+                        f"{scheme}.type_error": s.get("type_error.next", float("nan")),
+                        f"{scheme}.wall_s": time.perf_counter() - t0})
+        for t in range(len(tasks) - 1):
+            metrics[f"{scheme}.w{t}.ll_next"] = float(res.matrix["ll_per_event"][t, t + 1])
+        log.info("bench tpp %s: ll_next %.3f, forgetting %.3f, %.0f s", scheme, s["ll_per_event.next"],
+                 s.get("ll_per_event.forgetting", float("nan")), time.perf_counter() - t0)
+    return "cpu", metrics
+
+
 def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -> tuple[str, dict[str, Any]]:
     """Exact MIPS (torch) against FAISS IndexFlatIP and HNSW; see :mod:`pipelines.bench_mips`."""
     from pipelines.bench_mips import bench_mips as run
@@ -271,6 +315,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "ranker": bench_ranker,
     "retrieval": bench_retrieval,
     "mips": bench_mips,
+    "tpp": bench_tpp,
 }
 
 __all__ = ["BENCHMARKS", "bench_synth"]

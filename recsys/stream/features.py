@@ -62,6 +62,16 @@ def entries_key(live_id: int) -> str:
     return f"r:{live_id}:entries"
 
 
+def tpp_key(user_id: int) -> str:
+    """Hash of the TPP features of a user (written by the streaming TPP job at each window boundary)."""
+    return f"u:{user_id}:tpp"
+
+
+#: Fields of :func:`tpp_key`: expected minutes to the next visit, P(gift within the next hour), the window that
+#: produced them and its end time (epoch ms).
+TPP_FIELDS: tuple[str, ...] = ("next_visit_min", "p_gift_1h", "window", "as_of")
+
+
 def seq_member(live_id: int, streamer_id: int, event_id: str) -> str:
     return f"{live_id}:{streamer_id}:{event_id}"
 
@@ -169,6 +179,11 @@ class OnlineFeatures:
             if int(start) <= now:
                 out.append(LiveRoom(int(lid), int(sid), cat, int(lt), int(start)))
         return sorted(out, key=lambda r: r.live_id)
+
+    def tpp(self, user_ids: Sequence[int]) -> list[dict[str, float]]:
+        """The TPP features of users (an empty dict for a user the TPP job has not scored yet)."""
+        rows = self.store.hget_many([tpp_key(u) for u in user_ids])
+        return [{k: float(v) for k, v in row.items() if k in TPP_FIELDS} for row in rows]
 
     def room_popularity(self, live_ids: Iterable[int], now: int) -> list[int]:
         w = self.spec.popularity_window_ms
