@@ -4,8 +4,9 @@ Stages so far: synthesize -> load & validate -> dataset stats -> build datasets 
 (in-process bus into the in-memory feature store, checked against batch features) -> TokenMixer-Large ranker
 (short training budget, test metrics vs the oracle, export, MLflow registry alias ``champion``) -> GRank retrieval
 (short budget on the streamer protocol against popularity, export, alias ``champion``, then retrieval for a few users
-over an exact MIPS index kept current by replaying the room starts and ends up to t) -> MLflow run.
-Later stages (TPP, allocation, serving) join here as they land.
+over an exact MIPS index kept current by replaying the room starts and ends up to t) -> streaming PromptTPP (the
+event stream replayed in-process, a model update at every 3-day window, next-visit and gift features written to the
+feature store of stage 5) -> MLflow run. Later stages (allocation, serving) join here as they land.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from pipelines.datasets import build_datasets
 from pipelines.ingest import IngestConfig, check_parity, run_ingest
+from pipelines.stream_tpp import StreamTPPConfig, stream_tpp
 from pipelines.train_ranker import RankerTrainConfig, set_alias, train_ranker
+from pipelines.train_tpp import TPPTrainConfig
 from pipelines.train_retrieval import (
     RetrievalTrainConfig,
     evaluate_retriever,
@@ -30,6 +33,7 @@ from recsys.data.loaders import load_kuailive
 from recsys.data.ranking import build_ranking_dataset
 from recsys.data.stats import stats_report, table2
 from recsys.data.synthetic import SynthConfig, generate
+from recsys.stream.features import OnlineFeatures
 from recsys.stream.replay import event_table
 from recsys.tracking import tracking_run
 
@@ -47,6 +51,7 @@ class QuickstartResult:
     ranker_dir: Path | None = None
     retrieval: dict[str, float] = field(default_factory=dict)
     retrieval_dir: Path | None = None
+    tpp: dict[str, float] = field(default_factory=dict)
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -66,12 +71,12 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_params({"scale": scale, "seed": seed, "data_dir": str(data_dir)})
 
         t0 = time.perf_counter()
-        echo(f"[1/7] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
+        echo(f"[1/8] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
         generate(data_dir, SynthConfig(scale=scale, seed=seed))
         stage_s["synth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        echo("[2/7] loading and validating the KuaiLive files")
+        echo("[2/8] loading and validating the KuaiLive files")
         data = load_kuailive(data_dir, cache_dir=data_dir / ".cache")
         stage_s["load"] = time.perf_counter() - t0
         report = stats_report(data)
@@ -79,17 +84,17 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_text(report, "stats.txt")
 
         t0 = time.perf_counter()
-        echo("[3/7] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
+        echo("[3/8] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
         ds = build_datasets(data, out / "datasets", truth_dir=data_dir / "truth")
         stage_s["datasets"] = time.perf_counter() - t0
         for k, v in ds.counts.items():
             echo(f"    {k:>28}: {v:,}")
 
-        echo("[4/7] oracle (ground-truth click probability) on the CTR test split")
+        echo("[4/8] oracle (ground-truth click probability) on the CTR test split")
         for k, v in ds.oracle.items():
             echo(f"    oracle.{k:<10} {v:.4f}")
         t0 = time.perf_counter()
-        echo("[5/7] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
+        echo("[5/8] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
              "in-memory feature store")
         ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False), events=event_table(data))
         stage_s["ingest"] = time.perf_counter() - t0
@@ -100,7 +105,7 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
             raise RuntimeError(f"online features differ from batch features: {parity}")
         t0 = time.perf_counter()
         steps = QUICKSTART_RANKER_STEPS[scale]
-        echo(f"[6/7] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
+        echo(f"[6/8] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
              "metrics, export, MLflow registry")
         rds = build_ranking_dataset(data, truth_dir=data_dir / "truth")
         tcfg = RankerTrainConfig(model="tokenmixer", epochs=1, max_steps=steps, batch_size=2048 if scale != "tiny" else 512,
@@ -121,6 +126,10 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         retrieval, rt = _retrieval_stage(data_dir, config, out, scale, seed, echo)
         stage_s["retrieval"] = time.perf_counter() - t0
         tracker.log_metrics({"retrieval": retrieval})
+        t0 = time.perf_counter()
+        tpp = _tpp_stage(data_dir, config, ing.store, scale, seed, echo)
+        stage_s["tpp"] = time.perf_counter() - t0
+        tracker.log_metrics({"tpp": tpp})
         stats = table2(data)
         tracker.log_metrics({"ingest": {"events": ing.stats.processed, "events_per_s": ing.stats.events_per_s}})
         tracker.log_metrics({"oracle": ds.oracle, "counts": ds.counts, "stage_s": stage_s})
@@ -131,13 +140,13 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
                  f"{config.tracking.tracking_uri}")
         return QuickstartResult(data_dir=data_dir, datasets_dir=ds.out_dir, stats=stats, oracle=ds.oracle,
                                 run_id=tracker.run_id, ranker=ranker, ranker_dir=rk.export_dir, retrieval=retrieval,
-                                retrieval_dir=rt.export_dir, stage_s=stage_s)
+                                retrieval_dir=rt.export_dir, tpp=tpp, stage_s=stage_s)
 
 
 def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo):
     """Stage 7: GRank on the streamer protocol vs popularity, export + alias, live retrieval over exact MIPS."""
     steps = QUICKSTART_RETRIEVAL_STEPS[scale]
-    echo(f"[7/7] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
+    echo(f"[7/8] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
          "negatives, test Recall/NDCG vs popularity, export, MLflow registry, live MIPS")
     ds = load_retrieval_dataset(data_dir, "streamer", cache_dir=data_dir / ".cache")
     tcfg = RetrievalTrainConfig(model="grank", granularity="streamer", epochs=1, max_steps=steps,
@@ -163,3 +172,24 @@ def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: s
         echo(f"    user {ds.user_index.ids[u - 1]} -> streamers {top}")
     metrics["live_items"] = float(live.live_at_t)
     return metrics, rt
+
+
+def _tpp_stage(data_dir: Path, config: PlatformConfig, store, scale: str, seed: int, echo) -> dict[str, float]:
+    """Stage 8: streaming PromptTPP over the in-process replay, features into the stage-5 feature store."""
+    window_days = 7 if scale == "tiny" else 3
+    echo(f"[8/8] streaming PromptTPP: replay -> in-process bus -> a model update at every {window_days}-day window "
+         "(warm start, no replay of old windows) -> next-visit / gift features in the feature store")
+    train = TPPTrainConfig(scheme="prompttpp", epochs=1, batch_size=64, n_samples=10, eval_max_sequences=40,
+                           seed=seed, progress=False)
+    cfg = StreamTPPConfig(train=train, window_days=window_days, max_len=32)
+    res = stream_tpp(cfg, store, config.tracking, data_dir=data_dir)
+    for r in res.windows:
+        echo(f"    window {int(r['window'])}: {int(r['users']):,} users, test ll/event {r['test.ll_per_event']:.3f}, "
+             f"rmse_dt {r['test.rmse_dt']:.2f}, type error {r['test.type_error']:.3f}, {r['update_s']:.1f} s")
+    last = res.windows[-1]
+    users = store.scan_keys("u:*:tpp")[:3]
+    feats = OnlineFeatures(store).tpp([int(k.split(":")[1]) for k in users])
+    for key, f in zip(users, feats):
+        echo(f"    {key}: next visit in {f['next_visit_min']:.0f} min, P(gift within 1 h) {f['p_gift_1h']:.3f}")
+    return {"windows": float(len(res.windows)), "features_written": float(res.features_written),
+            "last.test.ll_per_event": last["test.ll_per_event"], "events": float(res.events)}

@@ -233,5 +233,35 @@ def run_stream_tpp(source: EventSource, store: FeatureStore, dead_letters: Event
                            features_written=job.features_written, late_dropped=job.late_dropped, model=job.model)
 
 
-__all__ = ["StreamTPPConfig", "StreamTPPResult", "StreamingTPP", "run_stream_tpp", "tpp_features",
+def stream_tpp(cfg: StreamTPPConfig, store: FeatureStore, tracking: TrackingConfig, data_dir=None,
+               kafka_bootstrap: str = "", layout=None, group: str = "recsys-tpp",
+               fast_kafka_timeouts: bool = False) -> StreamTPPResult:
+    """Wire a source: the topics of a Kafka broker (consumer group ``group``), or the in-process replay of
+    ``data_dir`` (the embedded default: the same consumer code path)."""
+    from pipelines.ingest import load_events
+    from recsys.services import KafkaClientTimeouts
+    from recsys.stream.bus import InProcessBus, KafkaSink, KafkaSource, TopicLayout, publish
+    from recsys.stream.replay import iter_events
+    from recsys.timeutil import WINDOW_END_MS
+
+    layout = layout or TopicLayout()
+    if kafka_bootstrap:
+        layout.ensure(kafka_bootstrap)
+        timeouts = KafkaClientTimeouts.fast() if fast_kafka_timeouts else KafkaClientTimeouts()
+        source, dead = KafkaSource(kafka_bootstrap, layout.event_topics, group, timeouts), KafkaSink(kafka_bootstrap)
+    else:
+        if data_dir is None:
+            raise ValueError("the embedded stream replays a dataset: give data_dir (or a Kafka bootstrap)")
+        bus = InProcessBus()
+        publish(iter_events(load_events(data_dir, WINDOW_END_MS - 1)), bus.sink(), layout)
+        source, dead = bus.source(layout.event_topics, group), bus.sink()
+        cfg = StreamTPPConfig(**{**vars(cfg), "idle_timeout_s": 0.0, "poll_timeout_ms": 0})
+    try:
+        return run_stream_tpp(source, store, dead, layout.dlq, cfg, tracking)
+    finally:
+        source.close()
+        dead.close()
+
+
+__all__ = ["stream_tpp", "StreamTPPConfig", "StreamTPPResult", "StreamingTPP", "run_stream_tpp", "tpp_features",
            "write_tpp_features"]

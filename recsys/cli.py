@@ -23,7 +23,6 @@ from recsys.config import PlatformConfig, load_config
 
 #: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
 PENDING: dict[str, tuple[int, str]] = {
-    "train tpp": (6, "streaming PromptTPP temporal point processes"),
     "train allocator": (7, "SL-MGAC live-stream allocation policy"),
     "replay": (7, "offline replay of logged decisions"),
     "ope": (7, "off-policy evaluation with a report"),
@@ -252,6 +251,56 @@ def _report_registration(res: Any, register_name: str | None, alias: str | None,
             print(f"alias models:/{register_name}@{alias} -> version {res.model_version}")
 
 
+TPP_SCHEMES = ("prompttpp", "online", "retrain", "pretrain")
+
+
+def cmd_train_tpp(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    job = importlib.import_module("pipelines.train_tpp")
+    cfg = _tracking(args, cfg)
+    for flag in ("epochs", "batch_size", "window_days", "max_len", "samples"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
+    if args.lr <= 0:
+        raise CliError("--lr must be > 0", 2)
+    model = _json_object("--model-options", args.model_options, '{"d_model": 64}')
+    prompt = _json_object("--prompt-options", args.prompt_options, '{"pool_size": 20}')
+    from models.tpp import PromptConfig, TPPConfig
+
+    for flag, kind, options in (("--model-options", TPPConfig, model), ("--prompt-options", PromptConfig, prompt)):
+        try:  # bad options fail before the data loads
+            kind(**options)
+        except (TypeError, ValueError) as exc:
+            raise CliError(f"{flag}: {exc}", 2) from exc
+    tcfg = job.TPPTrainConfig(scheme=args.scheme, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              n_samples=args.samples, eval_max_sequences=args.eval_sequences, seed=args.seed,
+                              model=model, prompt=prompt, progress=not args.quiet)
+    if args.stream:
+        stream = importlib.import_module("pipelines.stream_tpp")
+        ingest = importlib.import_module("pipelines.ingest")
+        from recsys.stream.bus import TopicLayout
+
+        if args.lateness_min < 0:
+            raise CliError(f"--lateness-min must be >= 0, got {args.lateness_min}", 2)
+        kafka = args.kafka if args.kafka is not None else cfg.services.kafka_bootstrap
+        scfg = stream.StreamTPPConfig(train=tcfg, window_days=args.window_days, max_len=args.max_len,
+                                      lateness_ms=int(args.lateness_min * 60_000), idle_timeout_s=args.idle_timeout)
+        store = ingest.make_store(args.store, args.redis_url or cfg.services.redis_url, args.namespace)
+        res = stream.stream_tpp(scfg, store, cfg.tracking, data_dir=None if kafka else _data_dir(args, cfg),
+                                kafka_bootstrap=kafka, layout=TopicLayout(prefix=args.topic_prefix),
+                                group=args.group, fast_kafka_timeouts=args.fast_kafka_timeouts)
+        for r in res.windows:
+            print(f"window {int(r['window'])}: {int(r['users'])} users, test ll/event {r['test.ll_per_event']:.3f}, "
+                  f"rmse_dt {r['test.rmse_dt']:.3f}, type_error {r['test.type_error']:.3f}")
+        print(f"{res.events:,} events, {len(res.windows)} model updates, {res.features_written:,} user features "
+              f"written to the {args.store} store, {res.dead_lettered} dead-lettered, {res.late_dropped} late")
+        return 0
+    tasks = job.load_tpp_tasks(_data_dir(args, cfg), args.window_days, args.max_len, args.seed, cfg.data.cache_dir)
+    res = job.train_tpp(tasks, tcfg, cfg.tracking)
+    for k, v in res.summary.items():
+        print(f"{k:>28}: {v:.4f}")
+    return 0
+
+
 RETRIEVAL_MODELS = ("grank", "two_tower", "sasrec", "popularity", "grank_no_aux", "grank_no_ranker")
 
 
@@ -398,7 +447,35 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--no-mlflow", action="store_true")
     rt.add_argument("--quiet", action="store_true", help="no progress bar")
     rt.set_defaults(func=cmd_train_retrieval)
-    for model in ("tpp", "allocator"):
+    tp = tsub.add_parser("tpp", help="neural TPPs (PromptTPP and baselines) under the continual window protocol")
+    tp.add_argument("--scheme", choices=TPP_SCHEMES, default="prompttpp")
+    tp.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+    tp.add_argument("--window-days", type=int, default=3, help="days per task window (CST)")
+    tp.add_argument("--max-len", type=int, default=128, help="events kept per user and window (the last ones)")
+    tp.add_argument("--epochs", type=int, default=2, help="passes per window (best dev epoch kept)")
+    tp.add_argument("--batch-size", type=int, default=64)
+    tp.add_argument("--lr", type=float, default=1e-3)
+    tp.add_argument("--samples", type=int, default=50, help="thinning samples per prediction")
+    tp.add_argument("--eval-sequences", type=int, default=0, help="test sequences per window (0 = all)")
+    tp.add_argument("--model-options", help="JSON overrides of the TPP config, e.g. '{\"d_model\": 64}'")
+    tp.add_argument("--prompt-options", help="JSON overrides of the prompt pool, e.g. '{\"pool_size\": 20}'")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--stream", action="store_true",
+                    help="consume the event stream and update the model at every window boundary")
+    tp.add_argument("--kafka", help="stream: bootstrap HOST:PORT (default: services.kafka_bootstrap; empty = "
+                                    "in-process replay of --data)")
+    tp.add_argument("--topic-prefix", default="kuailive")
+    tp.add_argument("--group", default="recsys-tpp", help="stream: consumer group id")
+    tp.add_argument("--store", choices=["memory", "redis"], default="memory", help="stream: where features go")
+    tp.add_argument("--redis-url", help="default: services.redis_url")
+    tp.add_argument("--namespace", default="rs:", help="key prefix in Redis")
+    tp.add_argument("--lateness-min", type=float, default=60.0, help="stream: minutes a window waits for late events")
+    tp.add_argument("--idle-timeout", type=float, default=5.0, help="stream: stop after this many idle seconds")
+    tp.add_argument("--fast-kafka-timeouts", action="store_true", help="short group timeouts (test brokers)")
+    tp.add_argument("--no-mlflow", action="store_true")
+    tp.add_argument("--quiet", action="store_true")
+    tp.set_defaults(func=cmd_train_tpp)
+    for model in ("allocator",):
         t = tsub.add_parser(model, help=PENDING[f"train {model}"][1])
         t.set_defaults(func=_pending(f"train {model}"))
     ing = sub.add_parser("ingest", help="replay events through Kafka (or in-process) into the feature store")

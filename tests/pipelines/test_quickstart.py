@@ -70,3 +70,7 @@ def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     assert len(vectors["user_vector"].iloc[0]) == 64
     assert any(line.strip().startswith("live MIPS at t=") for line in lines)
     assert run.data.metrics["retrieval.grank.ndcg_at_10"] == pytest.approx(res.retrieval["grank.ndcg@10"])
+
+    # the TPP stage: one model update per window, features in the feature store
+    assert res.tpp["windows"] == 3 and res.tpp["features_written"] > 0
+    assert any("P(gift within 1 h)" in line for line in lines)

@@ -118,7 +118,7 @@ def test_stats_prints_table2(tiny: SynthResult, data_dir: Path, tmp_path: Path,
 
 
 # --------------------------------------------------------------------------------------------------------- verbs
-@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "tpp"], 6)])
+@pytest.mark.parametrize("argv, issue", [(["serve"], 8), (["train", "allocator"], 7)])
 def test_pending_verb(argv: list[str], issue: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -271,3 +271,40 @@ def test_cli_retrieval_choices_are_the_registry() -> None:
 
     assert RETRIEVAL_MODELS == ALL_RETRIEVERS
 
+
+
+# --------------------------------------------------------------------------------------------------------- tpp
+_TINY_TPP = ["--window-days", "7", "--max-len", "24", "--epochs", "1", "--samples", "4", "--eval-sequences", "6",
+             "--model-options", '{"d_model": 8, "d_time": 4, "layers": 1, "n_mc": 3}', "--no-mlflow", "--quiet"]
+
+
+def test_train_tpp_continual_protocol(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "tpp", "--scheme", "online", "--data", str(data_dir), *_TINY_TPP]) == 0
+    out = capsys.readouterr().out
+    assert "ll_per_event.next" in out and "ll_per_event.forgetting" in out
+
+
+def test_train_tpp_stream_embedded(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "tpp", "--stream", "--kafka", "", "--data", str(data_dir), *_TINY_TPP]) == 0
+    out = capsys.readouterr().out
+    assert out.count("window ") == 3 and "model updates" in out and "user features written" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--model-options", "[1]"], "--model-options must be a JSON object"),
+    (["--stream", "--lateness-min", "-1"], "--lateness-min must be >= 0"),
+    (["--model-options", '{"depth": 3}'], "--model-options: "),
+    (["--prompt-options", '{"pool_size": 0}'], "--prompt-options: "),
+])
+def test_train_tpp_bad_flags(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "tpp", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_tpp_schemes_are_the_pipeline_schemes() -> None:
+    from pipelines.train_tpp import SCHEMES
+    from recsys.cli import TPP_SCHEMES
+
+    assert TPP_SCHEMES == SCHEMES
