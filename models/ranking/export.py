@@ -13,12 +13,13 @@ This is the one place in ``models`` that touches files: the format has to be sha
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.export_dir import read_checked, write_meta
 
 from models.ranking.ranker import Ranker, RankerConfig
 from recsys.data.ranking import IdIndex, RankingFeatureSpec
@@ -45,18 +46,12 @@ def save_ranker(model: Ranker, directory: str | Path, user_index: IdIndex, strea
     np.save(d / "streamer_ids.npy", streamer_index.ids)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, d / "weights.pt")
-    (d / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **(meta or {})}, indent=1))
+    write_meta(d, FORMAT_VERSION, meta)
     return d
 
 
 def load_ranker(directory: str | Path, device: str | torch.device = "cpu") -> LoadedRanker:
-    d = Path(directory)
-    missing = [f for f in FILES if not (d / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{d} is not a ranker export: missing {', '.join(missing)}")
-    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
-    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ValueError(f"{d}: export format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    d, meta = read_checked(directory, "ranker", FILES, FORMAT_VERSION)
     cfg = RankerConfig.from_json((d / "ranker.json").read_text())
     spec = RankingFeatureSpec.from_json((d / "spec.json").read_text())
     model = Ranker(spec, cfg)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.export_dir import read_checked, write_meta
+
 from models.retrieval.inputs import CatalogSizes, catalog_tensors
 from models.retrieval.registry import RetrieverConfig, build_retriever
 from recsys.data.ranking import CategoricalVocab, IdIndex
@@ -52,18 +54,12 @@ def save_retriever(model: torch.nn.Module, cfg: RetrieverConfig, sizes: CatalogS
     (d / "profile_vocab.json").write_text(json.dumps({"columns": list(profile_vocab.columns),
                                                       "values": profile_vocab.values}))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, d / "weights.pt")
-    (d / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **(meta or {})}, indent=1))
+    write_meta(d, FORMAT_VERSION, meta)
     return d
 
 
 def load_retriever(directory: str | Path, device: str | torch.device = "cpu") -> LoadedRetriever:
-    d = Path(directory)
-    missing = [f for f in FILES if not (d / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{d} is not a retriever export: missing {', '.join(missing)}")
-    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
-    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ValueError(f"{d}: export format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    d, meta = read_checked(directory, "retriever", FILES, FORMAT_VERSION)
     spec = json.loads((d / "retriever.json").read_text())
     cfg = RetrieverConfig(**spec["config"])
     sizes = CatalogSizes(**spec["sizes"])
