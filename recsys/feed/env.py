@@ -91,7 +91,6 @@ from recsys.data.loaders import load_kuailive
 from recsys.timeutil import (
     CST_OFFSET_MS,
     MS_PER_DAY,
-    MS_PER_HOUR,
     MS_PER_MINUTE,
     N_WINDOW_DAYS,
     WINDOW_START_MS,
