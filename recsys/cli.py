@@ -24,8 +24,6 @@ from recsys.config import PlatformConfig, load_config
 #: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
 PENDING: dict[str, tuple[int, str]] = {
     "train allocator": (7, "SL-MGAC live-stream allocation policy"),
-    "replay": (7, "offline replay of logged decisions"),
-    "ope": (7, "off-policy evaluation with a report"),
     "serve": (8, "the FastAPI retrieve -> rank -> allocate service"),
 }
 
@@ -353,6 +351,113 @@ def cmd_evaluate(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------------- replay / ope
+def _check_ope_flags(args: argparse.Namespace) -> None:
+    if not args.policy:
+        raise CliError("give at least one target policy with --policy SPEC (e.g. --policy never --policy "
+                       "threshold:score_hat:5)", 2)
+    for flag in ("boot", "true_sessions"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
+    from recsys.feed.policy_spec import PolicySpecError, parse_policy
+
+    for spec in args.policy:  # syntax errors before any data loads ("logging" is checked against the env later)
+        try:
+            parse_policy(spec, env=None)
+        except PolicySpecError as exc:
+            if "needs the environment" not in str(exc):
+                raise CliError(f"--policy: {exc}", 2) from exc
+
+
+def _print_ope(res: Any) -> None:
+    """A compact table: one row per policy, the estimates, the truth, the allocation ratio and ESS / n."""
+    from pipelines.ope_report import ESTIMATORS
+
+    r = res.results
+    header = f"{'policy':<28}{'true':>9}" + "".join(f"{e:>9}" for e in ESTIMATORS) + f"{'alloc':>8}{'alloc*':>8}" \
+        f"{'ESS/n':>8}"
+    print(header)
+    for p in r.policies.values():
+        t = p.truth
+        cells = [f"{p.estimates[e].value:>9.3f}" for e in ESTIMATORS]
+        print(f"{p.key[:27]:<28}{(f'{t.value:.3f}' if t else '-'):>9}" + "".join(cells)
+              + f"{p.alloc_ratio:>8.3f}{(f'{t.alloc_ratio:.3f}' if t else '-'):>8}{p.ess_fraction:>8.1%}")
+    print(f"({r.n_sessions:,} sessions, {r.n_decisions:,} decisions; alloc* = true allocation ratio)")
+    if res.log_path is not None:
+        print(f"decision log: {res.log_path}")
+    print(f"report: {res.report} (and {res.html.name})")
+    if res.run_id:
+        print(f"MLflow run {res.run_id}")
+
+
+def cmd_replay(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    cfg = _tracking(args, cfg)
+    _check_ope_flags(args)
+    if args.sessions < 1:
+        raise CliError(f"--sessions must be >= 1, got {args.sessions}", 2)
+    from recsys.feed.policy_spec import PolicySpecError, parse_policy
+
+    try:
+        parse_policy(args.logging, env=None)
+    except PolicySpecError as exc:
+        if "needs the environment" not in str(exc):
+            raise CliError(f"--logging: {exc}", 2) from exc
+    out = Path(args.out)
+    res = resolve("pipelines.ope_report:run_replay")(
+        _data_dir(args, cfg), args.policy, args.sessions, args.seed, logging_spec=args.logging,
+        tracking=cfg.tracking, out_dir=out, log_out=args.log_out, n_boot=args.boot,
+        n_true_sessions=args.true_sessions,
+    )
+    _print_ope(res)
+    return 0
+
+
+def cmd_ope(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    cfg = _tracking(args, cfg)
+    _check_ope_flags(args)
+    if not Path(args.logs).is_file():
+        raise CliError(f"--logs {args.logs} not found: a Parquet decision log (written by `recsys replay`)", 2)
+    res = resolve("pipelines.ope_report:run_ope")(
+        args.logs, args.policy, cfg.tracking, args.out, data_dir=args.data, n_boot=args.boot, seed=args.seed,
+        n_true_sessions=args.true_sessions, truth_seed=args.truth_seed,
+    )
+    _print_ope(res)
+    return 0
+
+
+#: The spec grammar of recsys.feed.policy_spec.POLICY_SPEC_HELP (not imported: building the parser stays cheap).
+_POLICY_SPEC_HELP = ("always[:P] | never | constant:P | threshold:FEATURE:THETA[:TEMPERATURE] | "
+                     "logging[:ALLOC_RATIO[:EPS]] | an exported policy directory")
+
+
+def _add_ope_parsers(sub: Any) -> None:
+    rp = sub.add_parser("replay", help="simulate a logged day in the feed env, then off-policy evaluate targets")
+    rp.add_argument("--policy", action="append", default=[], metavar="SPEC",
+                    help=f"target policy (repeatable): {_POLICY_SPEC_HELP}")
+    rp.add_argument("--data", help="dataset directory with truth/ (default: data/kuailive, else data/synthetic/...)")
+    rp.add_argument("--sessions", type=int, default=10_000, help="sessions in the simulated log")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the simulated day (and of the bootstrap)")
+    rp.add_argument("--logging", default="logging", metavar="SPEC", help="the logging policy (stochastic)")
+    rp.add_argument("--out", default="runs/replay", help="report directory")
+    rp.add_argument("--log-out", help="decision log Parquet file (default: <out>/decision_log.parquet)")
+    rp.add_argument("--boot", type=int, default=200, help="bootstrap resamples of sessions for the CIs")
+    rp.add_argument("--true-sessions", type=int, default=20_000, help="sessions of the ground-truth rollouts")
+    rp.add_argument("--no-mlflow", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+    op = sub.add_parser("ope", help="off-policy evaluation of target policies on a decision log, with a report")
+    op.add_argument("--logs", required=True, help="Parquet decision log (e.g. from `recsys replay`)")
+    op.add_argument("--policy", action="append", default=[], metavar="SPEC",
+                    help=f"target policy (repeatable): {_POLICY_SPEC_HELP}")
+    op.add_argument("--data", help="dataset directory with truth/: adds the env's true values (and `logging`)")
+    op.add_argument("--out", default="runs/ope", help="report directory")
+    op.add_argument("--boot", type=int, default=200, help="bootstrap resamples of sessions for the CIs")
+    op.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    op.add_argument("--true-sessions", type=int, default=20_000, help="sessions of the ground-truth rollouts")
+    op.add_argument("--truth-seed", type=int, default=0, help="seed of the ground-truth rollouts")
+    op.add_argument("--no-mlflow", action="store_true")
+    op.set_defaults(func=cmd_ope)
+
+
 def _pending(verb: str) -> Callable[[argparse.Namespace, PlatformConfig], int]:
     issue, what = PENDING[verb]
 
@@ -501,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset directory")
     ev.add_argument("--split", choices=["train", "valid", "test"], default="test")
     ev.set_defaults(func=cmd_evaluate)
-    for verb in ("replay", "ope", "serve"):
+    _add_ope_parsers(sub)
+    for verb in ("serve",):
         sub.add_parser(verb, help=PENDING[verb][1]).set_defaults(func=_pending(verb))
     return p
 

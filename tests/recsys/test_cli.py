@@ -308,3 +308,60 @@ def test_cli_tpp_schemes_are_the_pipeline_schemes() -> None:
     from recsys.cli import TPP_SCHEMES
 
     assert TPP_SCHEMES == SCHEMES
+
+
+# --------------------------------------------------------------------------------------------------------- replay / ope
+def test_replay_then_ope_round_trip(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log_file = tmp_path / "logs" / "day.parquet"
+    argv = ["replay", "--data", str(tiny_dir), "--sessions", "400", "--seed", "3", "--logging", "logging",
+            "--policy", "never", "--policy", "threshold:score_hat:5", "--out", str(tmp_path / "replay"),
+            "--log-out", str(log_file), "--boot", "10", "--true-sessions", "600", "--no-mlflow"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["policy", "true", "ips", "snips", "ncis", "dr", "fqe", "alloc", "alloc*", "ESS/n"]
+    row = next(line for line in out.splitlines() if line.startswith("threshold_score_hat_5"))
+    assert all(float(v) >= 0 for v in row.split()[1:-1])
+    assert log_file.is_file() and f"decision log: {log_file}" in out
+    assert (tmp_path / "replay" / "report.md").is_file() and (tmp_path / "replay" / "report.html").is_file()
+    assert (tmp_path / "replay" / "value_vs_alloc.png").is_file()
+
+    argv = ["ope", "--logs", str(log_file), "--policy", "constant:0.3", "--policy", "always:0.5",
+            "--out", str(tmp_path / "ope"), "--boot", "10", "--no-mlflow"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "400 sessions" in out
+    row = next(line for line in out.splitlines() if line.startswith("constant_0.3"))
+    assert row.split()[1] == "-"  # no --data: no truth
+    report = (tmp_path / "ope" / "report.md").read_text()
+    assert "## Policy `always_0.5`" in report and "ess.png" in report
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ope", "--logs", "nope.parquet", "--policy", "never"], "--logs nope.parquet not found"),
+    (["ope", "--logs", "nope.parquet"], "give at least one target policy"),
+    (["ope", "--logs", "nope.parquet", "--policy", "sometimes"], "unknown kind 'sometimes'"),
+    (["ope", "--logs", "nope.parquet", "--policy", "threshold:nope:1"], "unknown feature 'nope'"),
+    (["replay", "--policy", "never", "--sessions", "0"], "--sessions must be >= 1"),
+    (["replay", "--policy", "never", "--logging", "constant:2"], "--logging: policy 'constant:2'"),
+    (["replay"], "give at least one target policy"),
+    (["replay", "--policy", "never", "--boot", "0"], "--boot must be >= 1"),
+])
+def test_replay_ope_bad_flags(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_ope_logging_policy_needs_the_env(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log_file = tmp_path / "day.parquet"
+    assert main(["replay", "--data", str(tiny_dir), "--sessions", "50", "--policy", "never", "--out",
+                 str(tmp_path / "r"), "--log-out", str(log_file), "--boot", "3", "--true-sessions", "60",
+                 "--no-mlflow"]) == 0
+    capsys.readouterr()
+    assert main(["ope", "--logs", str(log_file), "--policy", "logging", "--out", str(tmp_path / "o"),
+                 "--no-mlflow"]) == 1
+    assert "needs the environment" in capsys.readouterr().err
+    assert main(["ope", "--logs", str(log_file), "--policy", "logging", "--data", str(tiny_dir), "--boot", "3",
+                 "--true-sessions", "60", "--out", str(tmp_path / "o"), "--no-mlflow"]) == 0
+    assert "logging" in capsys.readouterr().out

@@ -1,0 +1,182 @@
+"""Offline training of a live-stream allocator (SL-MGAC or a baseline) on a logged decision log of the feed
+environment (:class:`recsys.feed.env.LoggedData`).
+
+``fit_allocator(logged, cfg) -> (policy, model, metrics)``: ``policy`` is the served callable
+``features (n, F) -> prob_insert (n,)`` (for SL-MGAC and the plain actor-critic the distilled student), ``model`` the
+trained module (or the tuned :class:`~models.allocation.baselines.ThresholdGreedy`), ``metrics`` a flat dict of
+floats. Everything is seeded by ``cfg.seed``; training is CPU minibatch Adam with gradient clipping at 10.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.allocation.export import TorchPolicy
+from models.allocation.registry import ALLOCATORS, build_allocator
+from models.allocation.slmgac import SLMGAC
+from recsys.feed.env import LoggedData, feature_index
+
+
+@dataclass
+class AllocatorTrainConfig:
+    """One offline training run.
+
+    Attributes:
+        policy: a name of :data:`models.allocation.registry.ALLOCATORS`.
+        steps: optimiser steps (minibatches drawn with replacement).
+        batch_size, lr, grad_clip: the optimiser.
+        gamma: discount; ``None`` takes the log's.
+        alloc_target: allocation-ratio budget rho (SL-MGAC's Lagrangian, the DQN/CQL margin, the threshold's
+            constraint); ``None``: unconstrained.
+        cost_weight: kappa of the anti-greedy reward ``r - kappa * cost`` (minutes of short video given up).
+        polish_steps: SL-MGAC / plain AC: after the main loop lambda is solved exactly on the logged states
+            (:meth:`SLMGAC.solve_lagrange`) and the actor alone is trained this many steps at that lambda.
+        distill_steps: extra student-only steps after training (SL-MGAC / plain AC).
+        seed: seeds torch and the minibatch sampler.
+        threads: torch intra-op threads during the fit (restored afterwards).
+        options: model-config overrides (fields of the model's config).
+    """
+
+    policy: str = "slmgac"
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
+    grad_clip: float = 10.0
+    gamma: float | None = None
+    alloc_target: float | None = 0.3
+    cost_weight: float = 1.0
+    polish_steps: int = 200
+    distill_steps: int = 300
+    seed: int = 0
+    threads: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.policy not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {self.policy!r}; choose one of {sorted(ALLOCATORS)}")
+        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0: {self}")
+
+
+def transitions(logged: LoggedData) -> dict[str, np.ndarray]:
+    """Logged transitions as flat arrays: ``s (n, F)``, ``a``, ``r``, ``cost``, ``s_next (n, F)`` (the row's own
+    state on ``done`` rows, masked by ``done``), ``done`` (float), ``group``, plus ``click``, ``propensity``,
+    ``session_id`` and ``step`` for the supervised heads and OPE."""
+    nxt = logged.next_row()
+    s = np.asarray(logged.features, dtype=np.float64)
+    idx = np.where(nxt >= 0, nxt, np.arange(len(logged)))
+    return {
+        "s": s,
+        "a": np.asarray(logged.action, dtype=np.int64),
+        "r": np.asarray(logged.reward, dtype=np.float64),
+        "cost": np.asarray(logged.cost, dtype=np.float64),
+        "s_next": s[idx],
+        "done": np.asarray(logged.done, dtype=np.float64),
+        "group": np.asarray(logged.group, dtype=np.int64),
+        "click": np.asarray(logged.click, dtype=np.float64),
+        "propensity": np.asarray(logged.propensity, dtype=np.float64),
+        "session_id": np.asarray(logged.session_id, dtype=np.int64),
+        "step": np.asarray(logged.step, dtype=np.int64),
+    }
+
+
+_TENSOR_KEYS = ("s", "a", "r", "cost", "s_next", "done", "group", "click")
+
+
+def _to_tensors(tr: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k in _TENSOR_KEYS:
+        v = torch.as_tensor(tr[k])
+        out[k] = v if k in ("a", "group") else v.float()
+    return out
+
+
+def fit_allocator(logged: LoggedData, cfg: AllocatorTrainConfig) -> tuple[Any, Any, dict[str, float]]:
+    """Train ``cfg.policy`` offline on ``logged``; returns ``(policy callable, model, metrics)``."""
+    t0 = time.perf_counter()
+    tr = transitions(logged)
+    n, n_features = tr["s"].shape
+    n_groups = sum(1 for name in logged.feature_names if name.startswith("group_")) or 1
+    has_idx = feature_index("has_candidate")
+    gamma = float(logged.gamma if cfg.gamma is None else cfg.gamma)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        if cfg.policy == "threshold":
+            model = build_allocator("threshold", n_features, n_groups, has_idx,
+                                    feature_index=feature_index("score_hat"), **cfg.options)
+            metrics = model.fit(tr, cfg.alloc_target, gamma=gamma, cost_weight=cfg.cost_weight)
+            metrics["fit_seconds"] = time.perf_counter() - t0
+            return model, model, metrics
+
+        opts = {"gamma": gamma, "cost_weight": cfg.cost_weight, **cfg.options}
+        if cfg.policy in ("slmgac", "plain_ac"):
+            opts.setdefault("alloc_target", cfg.alloc_target)
+        model = build_allocator(cfg.policy, n_features, n_groups, has_idx, **opts)
+        data = _to_tensors(tr)
+        model.prepare(data)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        history: dict[str, list[float]] = {}
+        model.train()
+        for _ in range(cfg.steps):
+            idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
+            out = model.losses({k: v[idx] for k, v in data.items()})
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            model.after_step(out)
+            for k, v in out.items():
+                history.setdefault(k, []).append(float(v.detach()))
+        metrics = {f"final_{k}": float(np.mean(v[-50:])) for k, v in history.items()}
+
+        if isinstance(model, SLMGAC):
+            metrics["lagrange_dual_ascent"] = float(model.lagrange)
+            with torch.no_grad():
+                model.solve_lagrange(data["s"])
+            a_opt = torch.optim.Adam(model.actor.parameters(), lr=cfg.lr)
+            for _ in range(cfg.polish_steps):
+                idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
+                loss = model.losses({k: v[idx] for k, v in data.items()})["actor"]
+                a_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.actor.parameters(), cfg.grad_clip)
+                a_opt.step()
+            s_opt = torch.optim.Adam(model.student.parameters(), lr=cfg.lr)
+            for _ in range(cfg.distill_steps):
+                idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
+                loss = model.distill_loss(data["s"][idx])
+                s_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                s_opt.step()
+            model.eval()
+            with torch.no_grad():
+                teacher = model.prob_insert(data["s"])
+                student = model.student_prob_insert(data["s"])
+            metrics["teacher_alloc_ratio_logged"] = float(teacher.mean())
+            metrics["student_alloc_ratio_logged"] = float(student.mean())
+            metrics["student_action_agreement"] = float(((teacher > 0.5) == (student > 0.5)).float().mean())
+            metrics["lagrange"] = float(model.lagrange)
+            policy = TorchPolicy(model.student, cfg.policy)
+        else:
+            if hasattr(model, "calibrate"):
+                metrics["margin"] = model.calibrate(data["s"], cfg.alloc_target)
+            model.eval()
+            policy = TorchPolicy(model, cfg.policy)
+        metrics["alloc_ratio_logged"] = float(policy(tr["s"]).mean())
+        metrics["fit_seconds"] = time.perf_counter() - t0
+        return policy, model, metrics
+    finally:
+        torch.set_num_threads(threads)
+
+
+__all__ = ["AllocatorTrainConfig", "fit_allocator", "transitions"]
