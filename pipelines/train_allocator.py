@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,9 @@ from torch import nn
 from models.allocation.export import TorchPolicy
 from models.allocation.registry import ALLOCATORS, build_allocator
 from models.allocation.slmgac import SLMGAC
+from recsys.config import TrackingConfig
 from recsys.feed.env import LoggedData, feature_index
+from recsys.tracking import tracking_run
 
 
 @dataclass
@@ -180,3 +183,44 @@ def fit_allocator(logged: LoggedData, cfg: AllocatorTrainConfig) -> tuple[Any, A
 
 
 __all__ = ["AllocatorTrainConfig", "fit_allocator", "transitions"]
+
+
+@dataclass
+class AllocatorJobResult:
+    policy: Any
+    metrics: dict[str, float]
+    export_dir: Path | None
+    run_id: str | None
+
+
+def train_allocator_job(data_dir: str | Path, cfg: AllocatorTrainConfig, tracking: TrackingConfig,
+                        n_log_sessions: int = 5_000, n_true_sessions: int = 20_000, log_seed: int = 0,
+                        truth_seed: int = 7, logs_path: str | Path | None = None,
+                        export_dir: str | Path | None = None) -> AllocatorJobResult:
+    """Log a day with the environment's logging policy (or read ``logs_path``), train ``cfg.policy`` offline on it,
+    measure its true value / cost / allocation ratio in the environment (common random numbers), export the served
+    policy and track it all in one MLflow run."""
+    from models.allocation.export import save_policy
+    from recsys.feed.env import FeedEnv
+
+    env = FeedEnv(data_dir)
+    with tracking_run(tracking, f"train-allocator-{cfg.policy}", tags={"job": "train_allocator",
+                                                                        "policy": cfg.policy}) as tr:
+        if logs_path is not None:
+            logged = LoggedData.read_parquet(logs_path)
+        else:
+            logged = env.log(env.default_logging_policy(), n_log_sessions, seed=log_seed)
+        tr.log_params({"train": {k: v for k, v in vars(cfg).items() if k != "options"}, "options": cfg.options,
+                       "log": {"sessions": int(np.unique(logged.session_id).size), "decisions": len(logged),
+                               "path": str(logs_path) if logs_path else "env.default_logging_policy"},
+                       "env": env.describe()})
+        policy, model, metrics = fit_allocator(logged, cfg)
+        truth = env.rollout(policy, n_true_sessions, seed=truth_seed)
+        metrics.update({"true_value": truth.value, "true_cost": truth.cost, "true_alloc_ratio": truth.alloc_ratio,
+                        "true_mean_length": truth.mean_length})
+        tr.log_metrics(metrics)
+        out = None
+        if export_dir is not None:
+            out = save_policy(policy, export_dir, meta={"policy": cfg.policy, "metrics": metrics})
+            tr.log_artifact(out, "policy")
+        return AllocatorJobResult(policy=policy, metrics=metrics, export_dir=out, run_id=tr.run_id)

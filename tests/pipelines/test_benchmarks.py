@@ -22,3 +22,15 @@ def test_bench_retrieval_reports_the_contract_keys() -> None:
         m["grank.room.recall@500"] / m["two_tower.room.recall@500"] - 1.0)
     assert m["room.mean_live"] > 0 and m["room.test_targets"] > 0
     assert {"retrieval", "mips"} <= set(BENCHMARKS)
+
+
+def test_bench_allocation_reports_the_contract_keys() -> None:
+    from pipelines.benchmarks import bench_allocation
+
+    _, m = bench_allocation("tiny", policies=("slmgac", "threshold", "plain_ac"))
+    for p in ("slmgac", "threshold", "plain_ac"):
+        for k in ("true_value", "true_cost", "alloc_ratio", "ips", "snips", "ncis", "dr", "fqe", "value_std_seeds"):
+            assert f"{p}.{k}" in m, (p, k)
+        assert 0.0 <= m[f"{p}.alloc_ratio"] <= 1.0 and m[f"{p}.value_std_seeds"] >= 0.0
+        assert m[f"{p}.dr.ci_low"] <= m[f"{p}.dr"] <= m[f"{p}.dr.ci_high"]
+    assert m["alloc_target"] == 0.3 and "logging.true_value" in m
