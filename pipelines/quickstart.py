@@ -6,7 +6,9 @@ Stages so far: synthesize -> load & validate -> dataset stats -> build datasets 
 (short budget on the streamer protocol against popularity, export, alias ``champion``, then retrieval for a few users
 over an exact MIPS index kept current by replaying the room starts and ends up to t) -> streaming PromptTPP (the
 event stream replayed in-process, a model update at every 3-day window, next-visit and gift features written to the
-feature store of stage 5) -> MLflow run. Later stages (allocation, serving) join here as they land.
+feature store of stage 5) -> SL-MGAC allocation (a logged feed day in the semi-synthetic environment, offline
+training, export, then offline replay / OPE of the exported policy against the environment's truth, with a report)
+-> MLflow run. The serving stage joins here when it lands.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 
 from pipelines.datasets import build_datasets
 from pipelines.ingest import IngestConfig, check_parity, run_ingest
+from pipelines.ope_report import run_replay
 from pipelines.stream_tpp import StreamTPPConfig, stream_tpp
+from pipelines.train_allocator import AllocatorTrainConfig, train_allocator_job
 from pipelines.train_ranker import RankerTrainConfig, set_alias, train_ranker
 from pipelines.train_tpp import TPPTrainConfig
 from pipelines.train_retrieval import (
@@ -52,6 +56,8 @@ class QuickstartResult:
     retrieval: dict[str, float] = field(default_factory=dict)
     retrieval_dir: Path | None = None
     tpp: dict[str, float] = field(default_factory=dict)
+    allocation: dict[str, float] = field(default_factory=dict)
+    allocation_report: Path | None = None
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -71,12 +77,12 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_params({"scale": scale, "seed": seed, "data_dir": str(data_dir)})
 
         t0 = time.perf_counter()
-        echo(f"[1/8] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
+        echo(f"[1/9] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
         generate(data_dir, SynthConfig(scale=scale, seed=seed))
         stage_s["synth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        echo("[2/8] loading and validating the KuaiLive files")
+        echo("[2/9] loading and validating the KuaiLive files")
         data = load_kuailive(data_dir, cache_dir=data_dir / ".cache")
         stage_s["load"] = time.perf_counter() - t0
         report = stats_report(data)
@@ -84,17 +90,17 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_text(report, "stats.txt")
 
         t0 = time.perf_counter()
-        echo("[3/8] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
+        echo("[3/9] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
         ds = build_datasets(data, out / "datasets", truth_dir=data_dir / "truth")
         stage_s["datasets"] = time.perf_counter() - t0
         for k, v in ds.counts.items():
             echo(f"    {k:>28}: {v:,}")
 
-        echo("[4/8] oracle (ground-truth click probability) on the CTR test split")
+        echo("[4/9] oracle (ground-truth click probability) on the CTR test split")
         for k, v in ds.oracle.items():
             echo(f"    oracle.{k:<10} {v:.4f}")
         t0 = time.perf_counter()
-        echo("[5/8] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
+        echo("[5/9] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
              "in-memory feature store")
         ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False), events=event_table(data))
         stage_s["ingest"] = time.perf_counter() - t0
@@ -105,7 +111,7 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
             raise RuntimeError(f"online features differ from batch features: {parity}")
         t0 = time.perf_counter()
         steps = QUICKSTART_RANKER_STEPS[scale]
-        echo(f"[6/8] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
+        echo(f"[6/9] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
              "metrics, export, MLflow registry")
         rds = build_ranking_dataset(data, truth_dir=data_dir / "truth")
         tcfg = RankerTrainConfig(model="tokenmixer", epochs=1, max_steps=steps, batch_size=2048 if scale != "tiny" else 512,
@@ -130,6 +136,10 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tpp = _tpp_stage(data_dir, config, ing.store, scale, seed, echo)
         stage_s["tpp"] = time.perf_counter() - t0
         tracker.log_metrics({"tpp": tpp})
+        t0 = time.perf_counter()
+        allocation, report = _allocation_stage(data_dir, config, out, scale, seed, echo)
+        stage_s["allocation"] = time.perf_counter() - t0
+        tracker.log_metrics({"allocation": allocation})
         stats = table2(data)
         tracker.log_metrics({"ingest": {"events": ing.stats.processed, "events_per_s": ing.stats.events_per_s}})
         tracker.log_metrics({"oracle": ds.oracle, "counts": ds.counts, "stage_s": stage_s})
@@ -140,13 +150,14 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
                  f"{config.tracking.tracking_uri}")
         return QuickstartResult(data_dir=data_dir, datasets_dir=ds.out_dir, stats=stats, oracle=ds.oracle,
                                 run_id=tracker.run_id, ranker=ranker, ranker_dir=rk.export_dir, retrieval=retrieval,
-                                retrieval_dir=rt.export_dir, tpp=tpp, stage_s=stage_s)
+                                retrieval_dir=rt.export_dir, tpp=tpp, allocation=allocation,
+                                allocation_report=report, stage_s=stage_s)
 
 
 def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo):
     """Stage 7: GRank on the streamer protocol vs popularity, export + alias, live retrieval over exact MIPS."""
     steps = QUICKSTART_RETRIEVAL_STEPS[scale]
-    echo(f"[7/8] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
+    echo(f"[7/9] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
          "negatives, test Recall/NDCG vs popularity, export, MLflow registry, live MIPS")
     ds = load_retrieval_dataset(data_dir, "streamer", cache_dir=data_dir / ".cache")
     tcfg = RetrievalTrainConfig(model="grank", granularity="streamer", epochs=1, max_steps=steps,
@@ -177,7 +188,7 @@ def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: s
 def _tpp_stage(data_dir: Path, config: PlatformConfig, store, scale: str, seed: int, echo) -> dict[str, float]:
     """Stage 8: streaming PromptTPP over the in-process replay, features into the stage-5 feature store."""
     window_days = 7 if scale == "tiny" else 3
-    echo(f"[8/8] streaming PromptTPP: replay -> in-process bus -> a model update at every {window_days}-day window "
+    echo(f"[8/9] streaming PromptTPP: replay -> in-process bus -> a model update at every {window_days}-day window "
          "(warm start, no replay of old windows) -> next-visit / gift features in the feature store")
     train = TPPTrainConfig(scheme="prompttpp", epochs=1, batch_size=64, n_samples=10, eval_max_sequences=40,
                            seed=seed, progress=False)
@@ -193,3 +204,33 @@ def _tpp_stage(data_dir: Path, config: PlatformConfig, store, scale: str, seed: 
         echo(f"    {key}: next visit in {f['next_visit_min']:.0f} min, P(gift within 1 h) {f['p_gift_1h']:.3f}")
     return {"windows": float(len(res.windows)), "features_written": float(res.features_written),
             "last.test.ll_per_event": last["test.ll_per_event"], "events": float(res.events)}
+
+
+#: Allocation budget in the quickstart: logged sessions, training steps, bootstrap replicates, truth sessions.
+QUICKSTART_ALLOCATION = {"tiny": (300, 150, 20, 1_000), "small": (2_000, 600, 100, 5_000),
+                         "full": (5_000, 1_500, 200, 20_000)}
+
+
+def _allocation_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo
+                      ) -> tuple[dict[str, float], Path]:
+    """Stage 9: SL-MGAC trained offline on a logged feed day, exported, then replayed / OPE-evaluated."""
+    sessions, steps, boot, true_sessions = QUICKSTART_ALLOCATION[scale]
+    echo(f"[9/9] SL-MGAC allocation: log {sessions:,} feed sessions with the epsilon-greedy logging policy, train "
+         f"offline for {steps} steps, export, then offline replay / OPE against the environment's truth")
+    job = train_allocator_job(data_dir, AllocatorTrainConfig(policy="slmgac", steps=steps, seed=seed),
+                              config.tracking, n_log_sessions=sessions, n_true_sessions=true_sessions,
+                              export_dir=out / "allocator" / "slmgac")
+    m = job.metrics
+    echo(f"    true value {m['true_value']:.2f} min/session, cost {m['true_cost']:.2f}, allocation ratio "
+         f"{m['true_alloc_ratio']:.3f} (target 0.3); exported to {job.export_dir}")
+    rep = run_replay(data_dir, [str(job.export_dir), "constant:0.3"], sessions, seed + 1,
+                     tracking=config.tracking, out_dir=out / "ope", n_boot=boot, n_true_sessions=true_sessions)
+    res = {"slmgac.true_value": m["true_value"], "slmgac.alloc_ratio": m["true_alloc_ratio"]}
+    for name, pr in rep.results.policies.items():
+        truth = pr.truth.value if pr.truth is not None else float("nan")
+        dr = pr.estimates["dr"]
+        echo(f"    OPE {name}: DR {dr.value:.2f} [{dr.ci[0]:.2f}, {dr.ci[1]:.2f}] vs true {truth:.2f}; "
+             f"SNIPS {pr.estimates['snips'].value:.2f}, ESS/n {pr.ess_fraction:.2f}")
+        res[f"ope.{pr.key}.dr"] = dr.value
+    echo(f"    report: {rep.report} (and {rep.html.name}, with plots)")
+    return res, rep.report

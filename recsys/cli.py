@@ -23,7 +23,6 @@ from recsys.config import PlatformConfig, load_config
 
 #: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
 PENDING: dict[str, tuple[int, str]] = {
-    "train allocator": (7, "SL-MGAC live-stream allocation policy"),
     "serve": (8, "the FastAPI retrieve -> rank -> allocate service"),
 }
 
@@ -390,6 +389,34 @@ def _print_ope(res: Any) -> None:
         print(f"MLflow run {res.run_id}")
 
 
+ALLOCATOR_POLICIES = ("slmgac", "bc", "dqn", "cql", "plain_ac", "threshold")
+
+
+def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    cfg = _tracking(args, cfg)
+    for flag in ("steps", "batch_size", "sessions", "true_sessions"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
+    if not 0.0 < args.alloc_target <= 1.0:
+        raise CliError(f"--alloc-target must lie in (0, 1], got {args.alloc_target}", 2)
+    if args.logs and not Path(args.logs).is_file():
+        raise CliError(f"--logs {args.logs} not found: a Parquet decision log (written by `recsys replay`)", 2)
+    options = _json_object("--options", args.options, '{"hidden": 128}')
+    job = importlib.import_module("pipelines.train_allocator")
+    tcfg = job.AllocatorTrainConfig(policy=args.policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                    alloc_target=args.alloc_target, seed=args.seed, options=options)
+    export = Path(args.export or f"runs/allocator/{args.policy}")
+    res = job.train_allocator_job(_data_dir(args, cfg), tcfg, cfg.tracking, n_log_sessions=args.sessions,
+                                  n_true_sessions=args.true_sessions, logs_path=args.logs, export_dir=export)
+    m = res.metrics
+    print(f"{args.policy}: true value {m['true_value']:.3f} per session, cost {m['true_cost']:.3f}, allocation "
+          f"ratio {m['true_alloc_ratio']:.3f} (target {args.alloc_target})")
+    print(f"exported to {res.export_dir} (evaluate it with `recsys replay --policy {res.export_dir}`)")
+    if res.run_id:
+        print(f"MLflow run {res.run_id} in {cfg.tracking.tracking_uri}")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     cfg = _tracking(args, cfg)
     _check_ope_flags(args)
@@ -580,9 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--no-mlflow", action="store_true")
     tp.add_argument("--quiet", action="store_true")
     tp.set_defaults(func=cmd_train_tpp)
-    for model in ("allocator",):
-        t = tsub.add_parser(model, help=PENDING[f"train {model}"][1])
-        t.set_defaults(func=_pending(f"train {model}"))
+    al = tsub.add_parser("allocator", help="SL-MGAC (or a baseline) trained offline on a logged feed day")
+    al.add_argument("--policy", choices=ALLOCATOR_POLICIES, default="slmgac")
+    al.add_argument("--data", help="dataset directory with truth/ (default: data/kuailive, else data/synthetic/<scale>)")
+    al.add_argument("--logs", help="train on this Parquet decision log instead of logging a day in the environment")
+    al.add_argument("--sessions", type=int, default=5000, help="sessions of the logged day (without --logs)")
+    al.add_argument("--true-sessions", type=int, default=20000, help="environment sessions for the true value")
+    al.add_argument("--steps", type=int, default=1500)
+    al.add_argument("--batch-size", type=int, default=256)
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--alloc-target", type=float, default=0.3, help="allowed share of live insertions")
+    al.add_argument("--options", help="JSON overrides of the allocator config, e.g. '{\"hidden\": 128}'")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--export", help="export directory (default: runs/allocator/<policy>)")
+    al.add_argument("--no-mlflow", action="store_true")
+    al.set_defaults(func=cmd_train_allocator)
     ing = sub.add_parser("ingest", help="replay events through Kafka (or in-process) into the feature store")
     ing.add_argument("--data", help="dataset directory to replay (default: data/kuailive, else data/synthetic/<scale>)")
     ing.add_argument("--produce", action="store_true", help="only publish the replay (needs --kafka)")

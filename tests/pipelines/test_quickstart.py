@@ -74,3 +74,8 @@ def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     # the TPP stage: one model update per window, features in the feature store
     assert res.tpp["windows"] == 3 and res.tpp["features_written"] > 0
     assert any("P(gift within 1 h)" in line for line in lines)
+
+    # the allocation stage: SL-MGAC trained, exported, replayed with OPE against the truth, report written
+    assert 0.0 <= res.allocation["slmgac.alloc_ratio"] <= 1.0 and res.allocation["slmgac.true_value"] >= 0.0
+    assert res.allocation_report is not None and res.allocation_report.exists()
+    assert any(line.strip().startswith("OPE ") and "vs true" in line for line in lines)
