@@ -187,12 +187,15 @@ class StudentPolicy(nn.Module):
         self.n_features, self.hidden, self.has_candidate_index = n_features, hidden, has_candidate_index
         self.norm = Standardize(n_features)
         self.net = Head(n_features, hidden, 1)
+        # a logit offset set after distillation so that the served policy meets the allocation target under its
+        # own state visitation (see pipelines.train_allocator.calibrate_student)
+        self.register_buffer("offset", torch.zeros(()))
 
     def init_args(self) -> dict:
         return {"n_features": self.n_features, "hidden": self.hidden, "has_candidate_index": self.has_candidate_index}
 
     def logit(self, x: Tensor) -> Tensor:
-        return self.net(self.norm(x)).squeeze(-1)
+        return self.net(self.norm(x)).squeeze(-1) + self.offset
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logit(x)) * x[:, self.has_candidate_index]

@@ -74,3 +74,21 @@ def test_slmgac_offline_beats_never_and_respects_the_allocation_target(logged, e
     # the served policy is the student, and it survives the export
     back = load_policy(save_policy(model, tmp_path / "slmgac", {"name": "slmgac", **metrics}))
     np.testing.assert_array_equal(back(logged.features), policy(logged.features))
+
+
+def test_student_calibration_meets_the_target_under_its_own_visitation(logged, tmp_path: Path) -> None:
+    """The offset makes the importance-weighted allocation ratio of the served student equal the target, and it is
+    part of the export (a served policy without it would insert at the uncalibrated rate)."""
+    from pipelines.train_allocator import _implied_ratio
+
+    cfg = AllocatorTrainConfig(policy="plain_ac", steps=100, distill_steps=50, polish_steps=20, alloc_target=0.35,
+                               options={"hidden": 32, "head_hidden": 32})
+    policy, _, m = fit_allocator(logged, cfg)
+    tr = transitions(logged)
+    assert m["implied_ratio_after"] == pytest.approx(0.35, abs=0.01)
+    assert _implied_ratio(policy(logged.features), tr) == pytest.approx(0.35, abs=0.01)
+    assert m["calibration_offset"] != 0.0
+    back = load_policy(save_policy(policy, tmp_path / "calibrated"))
+    np.testing.assert_array_equal(back(logged.features), policy(logged.features))
+    off = fit_allocator(logged, AllocatorTrainConfig(**{**cfg.__dict__, "calibrate": False}))[2]
+    assert "calibration_offset" not in off
