@@ -59,6 +59,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsys.validation import as_1d as _as_1d
+from recsys.validation import check_same_length as _check_same_length
+
 __all__ = [
     "DEFAULT_NCIS_CAP",
     "Estimate",
@@ -176,24 +179,6 @@ class ImpliedRate:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _as_1d(name: str, x: np.ndarray) -> np.ndarray:
-    """Return ``x`` as a non-empty 1-D array, or raise ``ValueError`` naming ``name``."""
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty")
-    return arr
-
-
-def _check_same_length(**arrays: np.ndarray) -> None:
-    """Raise ``ValueError`` unless all given arrays have the same length."""
-    lengths = {name: len(arr) for name, arr in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        described = ", ".join(f"{name}={n}" for name, n in lengths.items())
-        raise ValueError(f"length mismatch: {described}")
 
 
 def _check_real(name: str, x: np.ndarray, ndim: int = 1) -> np.ndarray:
