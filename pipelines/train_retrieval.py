@@ -313,9 +313,10 @@ def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: T
 
         out = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="retriever-export-"))
         rcfg = RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
+        meta = {"model": cfg.model, "granularity": ds.granularity, "behaviour_len": ds.behaviour_len,
+                "metrics": dict(res.metrics)}
         save_retriever(res.model, rcfg, catalog_sizes(ds), out, ds.catalog, ds.user_index, ds.profile_vocab,
-                       meta={"model": cfg.model, "granularity": ds.granularity, "behaviour_len": ds.behaviour_len,
-                             "metrics": dict(res.metrics)})
+                       ds.user_profile, meta=meta)
         res.export_dir = out
         if tr.run is not None:
             from pipelines.retrieval_registry import log_retriever_model

@@ -113,6 +113,7 @@ def test_export_round_trip_and_the_registered_pyfunc(ds, tmp_path) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-6)
     assert np.array_equal(loaded.catalog.index.ids, ds.catalog.index.ids)
     assert loaded.profile_vocab.values == ds.profile_vocab.values
+    assert np.array_equal(loaded.user_profile, ds.user_profile)
     # the pyfunc embeds users from the query frame exactly as the model does
     q = ds.query(users[sl], times[sl])
     frame = query_to_frame(q)
