@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,12 +118,14 @@ def _window_end(window: int, window_days: int) -> int:
 class StreamingTPP:
     """The per-window state machine: buffer events, and at each closed window train, evaluate, write features."""
 
-    def __init__(self, cfg: StreamTPPConfig, store: FeatureStore, on_window=None) -> None:
+    def __init__(self, cfg: StreamTPPConfig, store: FeatureStore, on_window=None,
+                 partitions: Sequence[tuple[str, int]] = ()) -> None:
         self.cfg = cfg
         self.store = store
         self.on_window = on_window
         self.buffers: dict[int, list[tuple[int, int, int, int, int]]] = {}
-        self.partition_time: dict[tuple[str, int], int] = {}  # latest event time per source partition
+        # latest event time per source partition; the expected partitions start unseen (None) and hold the watermark
+        self.partition_time: dict[tuple[str, int], int | None] = {p: None for p in partitions}
         self.closed: set[int] = set()
         self.late_dropped = 0
         self.model: torch.nn.Module | None = None
@@ -136,12 +139,15 @@ class StreamingTPP:
     @property
     def watermark(self) -> int:
         """The event time every partition has reached: the minimum over partitions of their latest event time
-        (partitions are consumed at different paces; one partition ahead must not close a window early)."""
-        return min(self.partition_time.values(), default=0)
+        (partitions are consumed at different paces; one partition ahead must not close a window early). While an
+        expected partition has delivered nothing yet, it is 0: no window closes before every partition is seen."""
+        times = list(self.partition_time.values())
+        return 0 if not times or any(t is None for t in times) else min(times)
 
     def add(self, etype: str, event_time: int, payload: dict, partition: tuple[str, int] = ("", 0)) -> None:
         w = _window_of(event_time, self.cfg.window_days)
-        self.partition_time[partition] = max(self.partition_time.get(partition, event_time), event_time)
+        seen = self.partition_time.get(partition)
+        self.partition_time[partition] = event_time if seen is None else max(seen, event_time)
         if w in self.closed:  # later than the allowed lateness: counted, not silently merged into a new window
             self.late_dropped += 1
             return
@@ -193,8 +199,10 @@ class StreamingTPP:
 
 
 def run_stream_tpp(source: EventSource, store: FeatureStore, dead_letters: EventSink, dlq_topic: str,
-                   cfg: StreamTPPConfig, tracking: TrackingConfig | None = None) -> StreamTPPResult:
-    """Consume until idle, updating the model at every window boundary; the last open window closes at the end."""
+                   cfg: StreamTPPConfig, tracking: TrackingConfig | None = None,
+                   partitions: Sequence[tuple[str, int]] = ()) -> StreamTPPResult:
+    """Consume until idle, updating the model at every window boundary; the last open window closes at the end.
+    ``partitions``: the (topic, partition) pairs of the user-event topic; the watermark waits for all of them."""
     tracking = tracking or TrackingConfig(enabled=False)
     events = bad = 0
     with tracking_run(tracking, "train-tpp-stream", tags={"job": "train_tpp", "mode": "stream",
@@ -202,7 +210,7 @@ def run_stream_tpp(source: EventSource, store: FeatureStore, dead_letters: Event
         tr.log_params({"window_days": cfg.window_days, "max_len": cfg.max_len, "lateness_ms": cfg.lateness_ms,
                        "train": {k: v for k, v in vars(cfg.train).items() if not isinstance(v, dict)}})
         job = StreamingTPP(cfg, store, on_window=lambda rec: tr.log_metrics(
-            {k: v for k, v in rec.items() if k != "window"}, step=int(rec["window"])))
+            {k: v for k, v in rec.items() if k != "window"}, step=int(rec["window"])), partitions=partitions)
         last = time.perf_counter()
         while True:
             msgs = source.poll(max_records=cfg.max_records, timeout_ms=cfg.poll_timeout_ms)
@@ -257,7 +265,8 @@ def stream_tpp(cfg: StreamTPPConfig, store: FeatureStore, tracking: TrackingConf
         source, dead = bus.source(layout.event_topics, group), bus.sink()
         cfg = StreamTPPConfig(**{**vars(cfg), "idle_timeout_s": 0.0, "poll_timeout_ms": 0})
     try:
-        return run_stream_tpp(source, store, dead, layout.dlq, cfg, tracking)
+        parts = [(layout.user, p) for p in range(layout.partitions)] if kafka_bootstrap else []
+        return run_stream_tpp(source, store, dead, layout.dlq, cfg, tracking, partitions=parts)
     finally:
         source.close()
         dead.close()

@@ -82,9 +82,26 @@ def test_kafka_stream_into_redis(events: pl.DataFrame, kafka_bootstrap: str, red
     dead = KafkaSink(kafka_bootstrap)
     try:
         res = run_stream_tpp(source, store, dead, layout.dlq,
-                             StreamTPPConfig(train=_cfg().train, window_days=2, max_len=32, idle_timeout_s=3.0))
+                             StreamTPPConfig(train=_cfg().train, window_days=2, max_len=32, idle_timeout_s=3.0),
+                             partitions=[(layout.user, p) for p in range(layout.partitions)])
     finally:
         source.close()
         dead.close()
     assert res.late_dropped == 0  # the per-partition watermark waits for the slowest partition
     _check(res, store, events)
+
+
+def test_no_window_closes_before_every_partition_has_delivered() -> None:
+    """A partition far ahead must not close a window while another expected partition has not been read yet."""
+    from pipelines.stream_tpp import StreamingTPP
+
+    job = StreamingTPP(_cfg(), InMemoryStore(), partitions=[("u", 0), ("u", 1)])
+    payload = {"user_id": 1, "live_id": 1, "streamer_id": 1}
+    job.add("click", WINDOW_START_MS + 1000, payload, ("u", 0))
+    job.add("click", WINDOW_START_MS + 5 * MS_PER_DAY, payload, ("u", 0))  # partition 0 is days ahead
+    job.close_ready()
+    assert job.watermark == 0 and not job.closed  # partition 1 unseen: nothing closes
+    job.add("click", WINDOW_START_MS + 2000, payload, ("u", 1))  # partition 1's early event is not late
+    assert job.late_dropped == 0
+    job.add("click", WINDOW_START_MS + 4 * MS_PER_DAY, payload, ("u", 1))
+    assert job.watermark == WINDOW_START_MS + 4 * MS_PER_DAY
