@@ -10,6 +10,7 @@ from recsys.config import PlatformConfig, TrackingConfig
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # nine stages; about a minute on a quiet 2-core machine, several under load
 def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
