@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recsys.validation import as_1d as _as_1d
+from recsys.validation import check_real
 from recsys.validation import check_same_length as _check_same_length
 
 __all__ = [
@@ -51,15 +52,7 @@ def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
 
 def _check_scores(name: str, scores: np.ndarray, ndim: int = 1) -> np.ndarray:
     """Validate real-valued scores of dimension ``ndim``; return them as float64."""
-    arr = np.asarray(scores)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} must not be empty")
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    return arr
+    return check_real(name, scores, ndim)
 
 
 def _check_no_nan(name: str, values: np.ndarray) -> None:

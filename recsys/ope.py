@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.validation import as_1d as _as_1d
+from recsys.validation import check_real
 from recsys.validation import check_same_length as _check_same_length
 
 __all__ = [
@@ -183,14 +184,7 @@ class ImpliedRate:
 
 def _check_real(name: str, x: np.ndarray, ndim: int = 1) -> np.ndarray:
     """Validate a finite real array of dimension ``ndim``; return it as float64."""
-    arr = np.asarray(x)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} must not be empty")
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = check_real(name, x, ndim)
     if np.isnan(arr).any():
         raise ValueError(f"{name} must not contain NaN")
     if np.isinf(arr).any():

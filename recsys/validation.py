@@ -23,4 +23,16 @@ def check_same_length(**arrays: np.ndarray) -> None:
         raise ValueError(f"length mismatch: {described}")
 
 
-__all__ = ["as_1d", "check_same_length"]
+def check_real(name: str, x: np.ndarray, ndim: int = 1) -> np.ndarray:
+    """A non-empty real-valued array of dimension ``ndim`` as float64, or ``ValueError`` naming ``name``."""
+    arr = np.asarray(x)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} must not be empty")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+__all__ = ["as_1d", "check_real", "check_same_length"]
