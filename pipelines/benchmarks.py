@@ -244,8 +244,9 @@ def bench_retrieval(scale: str, cfg: PlatformConfig | None = None, seed: int = 0
                 res = fit_retriever(ds, tcfg)
                 wall = time.perf_counter() - t0
                 m = evaluate_retriever(res.model, ds, "test")
-                log.info("bench retrieval %s/%s: ndcg@10 %.4f, recall@20 %.4f, recall@500 %.4f, %.0f s", name, gran,
-                         m["ndcg@10"], m["recall@20"], m["recall@500"], wall)
+                log.info("bench retrieval %s/%s: ndcg@10 %.4f, recall@20 %.4f, recall@500 %.4f, %.0f s; all: %s", name,
+                         gran, m["ndcg@10"], m["recall@20"], m["recall@500"], wall,
+                         {k: round(v, 4) for k, v in m.items()})  # a stopped run keeps every model's metrics
                 metrics[f"{gran}.mean_live"] = m.pop("mean_live")
                 metrics[f"{gran}.test_targets"] = m.pop("n")
                 for k, v in {**m, **res.metrics, "wall_s": wall}.items():
