@@ -32,12 +32,13 @@ from models.tpp import load_state, save_state
 from pipelines.train_tpp import TPPTrainConfig, build_model, evaluate, to_batch, train_window
 from recsys.config import TrackingConfig
 from recsys.data.schema import EVENT_TYPE_ID
-from recsys.data.tpp import SequenceArrays, TPPTasks, make_task, time_scale, window_sequences
+from recsys.data.tpp import SequenceArrays, TPPTasks, make_task, time_scale, window_sequences, window_start_ms
 from recsys.store.base import FeatureStore
 from recsys.stream.bus import EventSink, EventSource
 from recsys.stream.envelope import USER_EVENT_TYPES, MalformedMessage, decode
 from recsys.stream.features import tpp_key
-from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE, WINDOW_START_MS, cst_day, cst_midnight
+from recsys.stream.worker import dead_letter
+from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE, WINDOW_START_MS, cst_day
 from recsys.tracking import tracking_run
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _window_of(ts_ms: int, window_days: int) -> int:
 
 
 def _window_end(window: int, window_days: int) -> int:
-    return int(cst_midnight(int(cst_day(WINDOW_START_MS)) + (window + 1) * window_days))
+    return window_start_ms(window + 1, window_days)
 
 
 class StreamingTPP:
@@ -223,9 +224,7 @@ def run_stream_tpp(source: EventSource, store: FeatureStore, dead_letters: Event
                 try:
                     ev = decode(msg.value)
                 except MalformedMessage as exc:
-                    headers = [("reason", exc.reason.encode()[:1000]),
-                               ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
-                    dead_letters.send(dlq_topic, msg.key, msg.value, headers)
+                    dead_letter(dead_letters, dlq_topic, msg, exc.reason)
                     bad += 1
                     continue
                 if ev.type in USER_EVENT_TYPES:

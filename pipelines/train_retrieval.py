@@ -75,6 +75,11 @@ class RetrievalTrainResult:
     model_version: str | None = None
 
 
+def retriever_config(ds: RetrievalDataset, cfg: RetrievalTrainConfig) -> RetrieverConfig:
+    """The model config of ``cfg.model`` with the dataset's history lengths and the user's overrides."""
+    return RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
+
+
 def catalog_sizes(ds: RetrievalDataset) -> CatalogSizes:
     return CatalogSizes(n_items=ds.catalog.n_items, n_streamers=ds.catalog.n_streamers, n_users=ds.n_users,
                         n_profile=ds.profile_vocab_size, n_profile_fields=int(ds.user_profile.shape[1]),
@@ -156,7 +161,7 @@ def fit_retriever(ds: RetrievalDataset, cfg: RetrievalTrainConfig, on_eval=None)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
-    rcfg = RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
+    rcfg = retriever_config(ds, cfg)
     model = build_retriever(catalog_sizes(ds), rcfg, catalog_tensors(ds.catalog)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = ds.train_user.size
@@ -286,8 +291,8 @@ def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: T
     name = f"train-retrieval-{cfg.model}-{ds.granularity}"
     with tracking_run(tracking, name, tags={"job": "train_retrieval", "model": cfg.model,
                                             "granularity": ds.granularity}) as tr:
-        options = {} if cfg.model in NON_PARAMETRIC else RetrieverConfig.for_model(
-            cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides).options
+        rcfg = None if cfg.model in NON_PARAMETRIC else retriever_config(ds, cfg)
+        options = {} if rcfg is None else rcfg.options
         tr.log_params({"train": {k: v for k, v in asdict(cfg).items() if k != "overrides"}, "retriever": options,
                        "data": {"granularity": ds.granularity, "n_train": int(ds.train_user.size),
                                 "n_users": ds.n_users, "n_items": ds.catalog.n_items},
@@ -312,7 +317,6 @@ def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: T
         from models.retrieval.export import save_retriever
 
         out = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="retriever-export-"))
-        rcfg = RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
         meta = {"model": cfg.model, "granularity": ds.granularity, "behaviour_len": ds.behaviour_len,
                 "metrics": dict(res.metrics)}
         save_retriever(res.model, rcfg, catalog_sizes(ds), out, ds.catalog, ds.user_index, ds.profile_vocab,

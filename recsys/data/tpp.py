@@ -143,8 +143,13 @@ def make_task(seqs: WindowSequences, scale: float, seed: int, window_days: int) 
     for name, rows in split_users(seqs.users, seed, seqs.window).items():
         t, k, v = _pad([separate_ties(seqs.times_min[i] / scale) for i in rows], [seqs.types[i] for i in rows])
         splits[name] = SequenceArrays(seqs.users[rows], t, k, v)
-    day0 = int(cst_day(WINDOW_START_MS))
-    return TPPTask(window=seqs.window, splits=splits, start_ms=int(cst_midnight(day0 + seqs.window * window_days)))
+    return TPPTask(window=seqs.window, splits=splits, start_ms=window_start_ms(seqs.window, window_days))
+
+
+def window_start_ms(window: int, window_days: int) -> int:
+    """Epoch ms of the CST midnight that starts task window ``window`` (as :func:`recsys.data.builders.tpp_windows`
+    numbers them)."""
+    return int(cst_midnight(int(cst_day(WINDOW_START_MS)) + window * window_days))
 
 
 def build_tpp_tasks(events: pl.DataFrame, window_days: int = 3, max_len: int = 128, seed: int = 0,
@@ -162,4 +167,5 @@ def build_tpp_tasks(events: pl.DataFrame, window_days: int = 3, max_len: int = 1
 
 
 __all__ = ["MIN_GAP", "SPLIT_SHARES", "TPP_SPLITS", "SequenceArrays", "TPPTask", "TPPTasks", "WindowSequences",
-           "build_tpp_tasks", "make_task", "separate_ties", "split_users", "time_scale", "window_sequences"]
+           "build_tpp_tasks", "make_task", "separate_ties", "split_users", "time_scale", "window_sequences",
+           "window_start_ms"]

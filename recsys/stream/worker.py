@@ -34,6 +34,13 @@ class WorkerStats:
         return (self.processed + self.dead_lettered) / self.wall_s if self.wall_s > 0 else 0.0
 
 
+def dead_letter(sink: EventSink, dlq_topic: str, msg: RawMessage, reason: str) -> None:
+    """Send an undecodable message to the dead-letter topic, with ``reason`` and ``source`` (topic/partition/offset)
+    headers, so nothing is lost and the consumer goes on."""
+    headers = [("reason", reason.encode()[:1000]), ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+    sink.send(dlq_topic, msg.key, msg.value, headers)
+
+
 class StreamWorker:
     """One consumer-group member keeping a feature store fresh. Same code for Kafka and the in-process bus."""
 
@@ -48,8 +55,7 @@ class StreamWorker:
         self.stats = WorkerStats()
 
     def _dead_letter(self, msg: RawMessage, reason: str) -> None:
-        headers = [("reason", reason.encode()[:1000]), ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
-        self.dead_letters.send(self.dlq_topic, msg.key, msg.value, headers)
+        dead_letter(self.dead_letters, self.dlq_topic, msg, reason)
 
     def process(self, messages: list[RawMessage]) -> tuple[int, int]:
         """Apply one polled batch to the store; returns (events written, messages dead-lettered). No commit."""
