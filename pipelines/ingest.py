@@ -20,6 +20,7 @@ from recsys.services import KafkaClientTimeouts
 from recsys.store.base import FeatureStore
 from recsys.store.memory import InMemoryStore
 from recsys.stream.bus import InProcessBus, KafkaSink, KafkaSource, TopicLayout, publish
+from recsys.stream.embedded import EVENT_TABLES
 from recsys.stream.features import OnlineFeatureSpec, batch_snapshot, online_snapshot
 from recsys.stream.replay import event_table, iter_events
 from recsys.stream.worker import StreamWorker, WorkerStats
@@ -27,7 +28,7 @@ from recsys.timeutil import WINDOW_END_MS
 
 log = logging.getLogger(__name__)
 
-TABLES = ("click", "comment", "like", "gift", "room")
+TABLES = EVENT_TABLES
 
 
 @dataclass

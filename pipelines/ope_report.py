@@ -880,11 +880,14 @@ def run_ope(
     """Evaluate ``policy_specs`` on a decision log, write the report and track everything in one MLflow run.
 
     Args:
-        logs: a Parquet decision log (:meth:`LoggedData.write_parquet`) or a :class:`LoggedData`.
+        logs: a Parquet decision log (:meth:`LoggedData.write_parquet`), a service decision log (``.jsonl``,
+            :mod:`recsys.feed.decision_log`; needs ``data_dir``) or a :class:`LoggedData`.
         policy_specs: :mod:`recsys.feed.policy_spec` strings; metric names use :func:`policy_key` of each.
         tracking: MLflow settings (``enabled=False`` for no run).
         out_dir: where ``report.md``, ``report.html`` and the plots go.
         data_dir: dataset with ``truth/``: builds the environment for the true values (and the ``logging`` spec).
+            For a ``.jsonl`` log its ``click`` table gives the outcomes (no true values: the environment simulates
+            another process than the service's traffic).
         env: an environment instead of ``data_dir``.
         gamma, n_boot, seed, n_true_sessions, truth_seed: as for :func:`evaluate_policies`.
 
@@ -898,10 +901,10 @@ def run_ope(
         logged = logs
     else:
         log_path = Path(logs)
-        if not log_path.is_file():
-            raise FileNotFoundError(f"decision log {log_path} not found (write one with `recsys replay`)")
-        logged = LoggedData.read_parquet(log_path)
-    if env is None and data_dir is not None:
+        logged = _read_logs(log_path, data_dir)
+    # a service log's outcomes come from the click log, not from the environment's simulation: the environment's
+    # true values measure another process (its own candidates and reward model), so they are not attached
+    if env is None and data_dir is not None and not _is_service_log(log_path):
         env = FeedEnv(data_dir)
     policies = _parse_specs(policy_specs, env)
     out = Path(out_dir)
@@ -926,6 +929,28 @@ def run_ope(
             tracker.log_artifact(path, "report")
         return OPERunResult(results=res, report=report, html=out / "report.html", plots=[out / p for p in PLOTS],
                             run_id=tracker.run_id, log_path=log_path, metrics=metrics)
+
+
+def _is_service_log(path: Path | None) -> bool:
+    """Whether ``path`` is a service decision log (JSONL of :class:`recsys.feed.decision_log.DecisionRecord`)."""
+    return path is not None and path.suffix == ".jsonl"
+
+
+def _read_logs(path: Path, data_dir: str | Path | None) -> LoggedData:
+    """A Parquet decision log, or a service JSONL log joined with the click table of ``data_dir``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"decision log {path} not found (write one with `recsys replay`, or a .jsonl one "
+                                "with the ranking service)")
+    if not _is_service_log(path):
+        return LoggedData.read_parquet(path)
+    if data_dir is None:
+        raise ValueError(f"{path}: a service decision log needs --data to join outcomes (the dataset directory "
+                         "whose click table holds the clicks that followed the decisions)")
+    from recsys.data.loaders import load_kuailive
+    from recsys.feed.decision_log import join_outcomes, read_decisions
+
+    clicks = load_kuailive(data_dir, tables=["click"], with_embeddings=False).tables["click"]
+    return join_outcomes(read_decisions(path), clicks)
 
 
 def run_replay(

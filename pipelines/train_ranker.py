@@ -282,7 +282,7 @@ def train_ranker(ds: RankingDataset, cfg: RankerTrainConfig, tracking: TrackingC
             plt.close(fig)
         out = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="ranker-export-"))
         save_ranker(res.model, out, ds.user_index, ds.streamer_index,
-                    meta={"model": cfg.model, "metrics": dict(res.metrics)})
+                    meta={"model": cfg.model, "metrics": dict(res.metrics)}, tables=ds.serving)
         res.export_dir = out
         res.run_id = tr.run_id
         if tr.run is not None:

@@ -77,6 +77,10 @@ class RetrievalTrainResult:
 
 def retriever_config(ds: RetrievalDataset, cfg: RetrievalTrainConfig) -> RetrieverConfig:
     """The model config of ``cfg.model`` with the dataset's history lengths and the user's overrides."""
+    fixed = sorted({"long_len", "short_len"} & set(cfg.overrides))
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} come(s) from the dataset's history lengths ({ds.long_len}, "
+                         f"{ds.short_len}); they cannot be set as model options")
     return RetrieverConfig.for_model(cfg.model, long_len=ds.long_len, short_len=ds.short_len, **cfg.overrides)
 
 

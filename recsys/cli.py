@@ -14,17 +14,13 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from recsys.config import PlatformConfig, load_config
-
-#: Verbs whose work lands with a later issue: verb -> (issue number, what it is).
-PENDING: dict[str, tuple[int, str]] = {
-    "serve": (8, "the FastAPI retrieve -> rank -> allocate service"),
-}
 
 
 class CliError(Exception):
@@ -443,7 +439,10 @@ def cmd_ope(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     cfg = _tracking(args, cfg)
     _check_ope_flags(args)
     if not Path(args.logs).is_file():
-        raise CliError(f"--logs {args.logs} not found: a Parquet decision log (written by `recsys replay`)", 2)
+        raise CliError(f"--logs {args.logs} not found: a Parquet decision log (written by `recsys replay`) or a "
+                       "service decision log (.jsonl)", 2)
+    if args.logs.endswith(".jsonl") and not args.data:
+        raise CliError(f"--logs {args.logs}: a service decision log needs --data to join outcomes", 2)
     res = resolve("pipelines.ope_report:run_ope")(
         args.logs, args.policy, cfg.tracking, args.out, data_dir=args.data, n_boot=args.boot, seed=args.seed,
         n_true_sessions=args.true_sessions, truth_seed=args.truth_seed,
@@ -472,10 +471,12 @@ def _add_ope_parsers(sub: Any) -> None:
     rp.add_argument("--no-mlflow", action="store_true")
     rp.set_defaults(func=cmd_replay)
     op = sub.add_parser("ope", help="off-policy evaluation of target policies on a decision log, with a report")
-    op.add_argument("--logs", required=True, help="Parquet decision log (e.g. from `recsys replay`)")
+    op.add_argument("--logs", required=True, help="Parquet decision log (e.g. from `recsys replay`), or a service "
+                    "decision log (.jsonl, outcomes joined from the click table of --data)")
     op.add_argument("--policy", action="append", default=[], metavar="SPEC",
                     help=f"target policy (repeatable): {_POLICY_SPEC_HELP}")
-    op.add_argument("--data", help="dataset directory with truth/: adds the env's true values (and `logging`)")
+    op.add_argument("--data", help="dataset directory with truth/: adds the env's true values (and `logging`); "
+                    "for a .jsonl log, the dataset whose clicks give the outcomes (truth/ optional)")
     op.add_argument("--out", default="runs/ope", help="report directory")
     op.add_argument("--boot", type=int, default=200, help="bootstrap resamples of sessions for the CIs")
     op.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -485,13 +486,81 @@ def _add_ope_parsers(sub: Any) -> None:
     op.set_defaults(func=cmd_ope)
 
 
-def _pending(verb: str) -> Callable[[argparse.Namespace, PlatformConfig], int]:
-    issue, what = PENDING[verb]
+# --------------------------------------------------------------------------------------------------------- serve
+def _time_ms(text: str, flag: str) -> int:
+    """Epoch milliseconds from an integer or an ISO date-time (naive = UTC)."""
+    from datetime import datetime, timezone
 
-    def handler(args: argparse.Namespace, cfg: PlatformConfig) -> int:
-        raise CliError(f"`recsys {verb}` ({what}) is not available yet: it lands with issue #{issue}.", 2)
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {text!r} is neither epoch milliseconds nor an ISO date-time", 2) from exc
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
 
-    return handler
+
+def serve_config(args: argparse.Namespace, cfg: PlatformConfig) -> Any:
+    """The service's :class:`serving.config.ServeConfig` from the flags (pydantic errors name the bad flag)."""
+    from pydantic import ValidationError
+
+    from serving.config import ServeConfig
+
+    values = {"retriever": args.retriever, "ranker": args.ranker, "policy": args.policy,
+              "tracking_uri": cfg.tracking.tracking_uri, "store": args.store,
+              "redis_url": args.redis_url or cfg.services.redis_url, "k1": args.k1, "k2": args.k2,
+              "mips_backend": args.mips, "device": args.device, "decision_log": args.decision_log,
+              "admin_token": args.admin_token or os.environ.get("RECSYS_ADMIN_TOKEN") or None,
+              "warm_data": args.warm_data, "torch_threads": args.threads,
+              "warm_until": _time_ms(args.warm_until, "--warm-until") if args.warm_until else None}
+    try:
+        return ServeConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "config"
+        raise CliError(f"--{field.replace('_', '-')}: {first['msg']}", 2) from exc
+
+
+def cmd_serve(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    scfg = serve_config(args, cfg)
+    for flag, ref in (("--retriever", scfg.retriever), ("--ranker", scfg.ranker), ("--policy", scfg.policy)):
+        if ref and ":/" not in ref and not Path(ref).is_dir():
+            raise CliError(f"{flag}: {ref} is not a directory (train one with `recsys train`, or pass models:/...)", 2)
+    if scfg.warm_data is not None and not Path(scfg.warm_data).is_dir():
+        raise CliError(f"--warm-data: {scfg.warm_data} is not a dataset directory", 2)
+    import uvicorn
+
+    from serving.app import create_app
+
+    print(f"serving on http://{args.host}:{args.port}  (docs: /docs, metrics: /metrics)\n"
+          f"try: curl -s -X POST http://{args.host}:{args.port}/v1/recommend -H 'content-type: application/json' "
+          f"-d '{{\"user_id\": 1, \"k\": 5}}'", flush=True)
+    uvicorn.run(create_app(scfg), host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log)
+    return 0
+
+
+def _add_serve_parser(sub: Any) -> None:
+    sv = sub.add_parser("serve", help="the FastAPI retrieve -> rank -> allocate service (uvicorn)")
+    sv.add_argument("--retriever", required=True, help="retriever export dir or MLflow URI (models:/name@alias)")
+    sv.add_argument("--ranker", help="ranker export dir or MLflow URI (default: retrieval order)")
+    sv.add_argument("--policy", help="allocation policy export dir or MLflow URI (default: never insert)")
+    sv.add_argument("--store", choices=("memory", "redis"), default="memory")
+    sv.add_argument("--redis-url", help="default: services.redis_url of the config")
+    sv.add_argument("--warm-data", help="embedded mode: replay this dataset's events into the in-memory store")
+    sv.add_argument("--warm-until", help="replay events up to this time (epoch ms or ISO date-time)")
+    sv.add_argument("--decision-log", help="JSONL path or kafka://host:port/topic for the decisions")
+    sv.add_argument("--admin-token", help="bearer token of POST /admin/reload (or RECSYS_ADMIN_TOKEN)")
+    sv.add_argument("--k1", type=int, default=200, help="MIPS candidates per request")
+    sv.add_argument("--k2", type=int, default=50, help="candidates kept by the GRank ranker for the ranker")
+    sv.add_argument("--mips", choices=("torch", "faiss"), default="torch")
+    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    sv.add_argument("--access-log", action="store_true", help="uvicorn access log (off by default)")
+    sv.set_defaults(func=cmd_serve)
 
 
 # --------------------------------------------------------------------------------------------------------- parser
@@ -646,8 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["train", "valid", "test"], default="test")
     ev.set_defaults(func=cmd_evaluate)
     _add_ope_parsers(sub)
-    for verb in ("serve",):
-        sub.add_parser(verb, help=PENDING[verb][1]).set_defaults(func=_pending(verb))
+    _add_serve_parser(sub)
     return p
 
 

@@ -344,6 +344,57 @@ def task_labels(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.Da
     return pl.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
 
 
+# ------------------------------------------------------------------------------------------------ serving tables
+@dataclass
+class ServingTables:
+    """What the ranking service needs besides the model to encode a request the way training did: the profile and
+    title tables by row, each known room's title row, and the per-user / per-streamer dense groups materialised from
+    the full history at ``as_of`` (batch features: a request after ``as_of`` reads them as they were then; the
+    real-time and user x streamer groups come from the online store)."""
+
+    user_profile: np.ndarray  # [n_users, 20] int64 by user row
+    streamer_profile: np.ndarray  # [n_streamers, 22] int64 by streamer row
+    title_table: np.ndarray  # [n_titles + 1, title_dim] float32
+    room_ids: np.ndarray  # [n_rooms] sorted live ids
+    room_title_row: np.ndarray  # [n_rooms] row of ``title_table`` (0 = none)
+    user_dense: np.ndarray  # [n_users, len(DENSE_FEATURES["user"])] float64 raw (unscaled), row 0 = zeros
+    streamer_dense: np.ndarray  # [n_streamers, len(DENSE_FEATURES["streamer"])] float64 raw
+    as_of: int  # epoch ms of the materialisation
+
+    ARRAYS = ("user_profile", "streamer_profile", "title_table", "room_ids", "room_title_row", "user_dense",
+              "streamer_dense")
+
+    def title_rows(self, live_ids: np.ndarray) -> np.ndarray:
+        """Title rows of rooms (0 for a room not in the table)."""
+        pos = IdIndex(self.room_ids).lookup(live_ids)
+        return np.where(pos > 0, np.r_[0, self.room_title_row][pos], 0)
+
+
+def build_serving_tables(ds: "RankingDataset", tables: dict[str, pl.DataFrame], as_of: int | None = None
+                         ) -> ServingTables:
+    """Materialise :class:`ServingTables` from the dataset's tables at ``as_of`` (default: just after the last
+    click)."""
+    t = int(tables["click"]["timestamp"].max()) + 1 if as_of is None else int(as_of)
+    users, streamers = ds.user_index.ids, ds.streamer_index.ids
+
+    def group(ids: np.ndarray, column: str, name: str) -> np.ndarray:
+        n = ids.size
+        other = "streamer_id" if column == "user_id" else "user_id"
+        samples = pl.DataFrame({column: ids, other: np.full(n, -1, np.int64), "live_id": np.full(n, -1, np.int64),
+                                "timestamp": np.full(n, t, np.int64)})
+        values = dense_features(samples, tables).select(DENSE_FEATURES[name]).to_numpy() if n else np.zeros(
+            (0, len(DENSE_FEATURES[name])))
+        return np.vstack([np.zeros((1, len(DENSE_FEATURES[name]))), values]).astype(np.float64)
+
+    rooms = tables["rooms"].sort("live_id")
+    title = rooms["live_name_id"].fill_null(-1).to_numpy().astype(np.int64) + 1
+    title = np.where((title > 0) & (title < ds.title_table.shape[0]), title, 0)
+    return ServingTables(user_profile=ds.user_profile, streamer_profile=ds.streamer_profile,
+                         title_table=ds.title_table, room_ids=rooms["live_id"].to_numpy().astype(np.int64),
+                         room_title_row=title, user_dense=group(users, "user_id", "user"),
+                         streamer_dense=group(streamers, "streamer_id", "streamer"), as_of=t)
+
+
 # ------------------------------------------------------------------------------------------------ the dataset
 @dataclass
 class RankingDataset:
@@ -365,6 +416,7 @@ class RankingDataset:
     streamer_rows: np.ndarray  # [N]
     timestamps: np.ndarray  # [N]
     info: dict[str, int] = field(default_factory=dict)
+    serving: ServingTables | None = None  # what an export needs for the ranking service
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero((self.samples["split"] == split).to_numpy())
@@ -469,17 +521,20 @@ def build_ranking_dataset(data: KuaiLiveData, truth_dir: str | Path | None = Non
                                streamer_index.lookup(df["streamer_id"].to_numpy()), user_index.size, origin)
         histories[key] = h
         ends[key] = h.end_positions(user_rows, ts)
-    return RankingDataset(
+    ds = RankingDataset(
         spec=spec, user_index=user_index, streamer_index=streamer_index, samples=samples, dense=dense,
         context=ctx_vocab.encode(ctx), title_row=title_row, user_profile=user_profile,
         streamer_profile=streamer_profile, title_table=title_table, histories=histories, ends=ends,
         user_rows=user_rows, streamer_rows=streamer_index.lookup(samples["streamer_id"].to_numpy()), timestamps=ts,
         info={**info, "n_samples": samples.height},
     )
+    ds.serving = build_serving_tables(ds, t)
+    return ds
 
 
 __all__ = [
     "CONTEXT_COLUMNS", "DENSE_COLUMNS", "DENSE_FEATURES", "SEQ_KEYS", "TASKS", "CategoricalVocab", "EventHistory",
-    "FeatureArrays", "IdIndex", "RankingDataset", "RankingFeatureSpec", "build_ranking_dataset", "context_table",
+    "FeatureArrays", "IdIndex", "RankingDataset", "RankingFeatureSpec", "ServingTables", "build_ranking_dataset",
+    "build_serving_tables", "context_table",
     "dense_features", "gap_bucket", "scale_dense", "task_labels",
 ]

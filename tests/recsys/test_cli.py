@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.cli import PENDING, main
+from recsys.cli import main
 from recsys.data.synthetic import SynthConfig, SynthResult, generate
 
 TABLE2_HEADER = ("#Users", "#Streamers", "#Rooms", "#Interactions", "#Clicks", "#Comments", "#Likes", "#Gifts")
@@ -118,20 +118,6 @@ def test_stats_prints_table2(tiny: SynthResult, data_dir: Path, tmp_path: Path,
 
 
 # --------------------------------------------------------------------------------------------------------- verbs
-@pytest.mark.parametrize("argv, issue", [(["serve"], 8)])
-def test_pending_verb(argv: list[str], issue: int, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert f"issue #{issue}" in err
-    assert f"recsys {' '.join(argv)}" in err and "not available yet" in err
-
-
-@pytest.mark.parametrize("verb", sorted(PENDING))
-def test_every_pending_verb_names_its_issue(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(verb.split()) == 2
-    assert f"lands with issue #{PENDING[verb][0]}" in capsys.readouterr().err
-
-
 def test_unknown_scale_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["data", "synth", "--scale", "huge", "--out", str(tmp_path / "x")])
@@ -141,7 +127,7 @@ def test_unknown_scale_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_missing_config_file_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--config", "nope.yaml", "serve"]) == 1
+    assert main(["--config", "nope.yaml", "serve", "--retriever", "x"]) == 1
     assert "nope.yaml" in capsys.readouterr().err
 
 

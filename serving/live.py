@@ -1,0 +1,114 @@
+"""The rooms live now and the exact MIPS index over their item vectors, kept current incrementally.
+
+The stream workers keep the live-room set in the feature store (a room's start adds it, its end removes it); the
+service reads that set every ``live_sync_s`` and applies the difference to the index: items whose first room started
+are embedded and upserted, items whose last room ended are removed. No rebuild, and searches run concurrently with
+syncs (the index's readers-writer lock). At streamer granularity an item is a streamer and stays in the index while
+one of its rooms is live; at room granularity an item is a room of the retriever's catalogue (a room it never saw has
+no vector and is served only by the popularity fallback).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.retrieval.export import LoadedRetriever
+from recsys.mips import make_index
+from recsys.stream.features import LiveRoom
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    live_rooms: int
+    added: int
+    removed: int
+    unindexed_rooms: int  # live rooms whose item has no vector in the retriever
+
+
+class LiveCatalog:
+    """Live rooms by item row and the MIPS index of those items (see the module docstring)."""
+
+    def __init__(self, retriever: LoadedRetriever, backend: str = "torch", device: torch.device | str = "cpu") -> None:
+        self.retriever = retriever
+        self.granularity = retriever.catalog.granularity
+        self.device = torch.device(device)
+        with torch.no_grad():
+            dim = int(retriever.model.item_vectors(torch.ones(1, dtype=torch.long, device=self.device)).shape[-1])
+        self.index = make_index(backend, dim)
+        self.rooms: dict[int, LiveRoom] = {}  # live_id -> room
+        self._item_rooms: dict[int, list[LiveRoom]] = {}  # item row -> its live rooms, latest start first
+        self.popularity: dict[int, int] = {}  # live_id -> recent entries at the last sync (for the fallback)
+        self._sync_lock = threading.Lock()
+
+    def item_rows(self, rooms: Sequence[LiveRoom]) -> np.ndarray:
+        raw = [r.streamer_id if self.granularity == "streamer" else r.live_id for r in rooms]
+        return self.retriever.catalog.rows(np.asarray(raw, np.int64))
+
+    @torch.no_grad()
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        t = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        return self.retriever.model.item_vectors(t).float().cpu().numpy()
+
+    def sync(self, rooms: Sequence[LiveRoom], popularity: dict[int, int] | None = None) -> SyncStats:
+        """Make the index hold exactly the items of ``rooms`` (the live set read from the store)."""
+        with self._sync_lock:
+            rows = self.item_rows(rooms)
+            by_item: dict[int, list[LiveRoom]] = {}
+            for room, row in zip(rooms, rows.tolist()):
+                if row > 0:
+                    by_item.setdefault(row, []).append(room)
+            for lst in by_item.values():
+                lst.sort(key=lambda r: (-r.start, r.live_id))
+            new, old = set(by_item), set(self._item_rooms)
+            add = np.array(sorted(new - old), np.int64)
+            gone = np.array(sorted(old - new), np.int64)
+            if add.size:
+                self.index.upsert(add, self._vectors(add))
+            # publish the new room map before removing: a search that still sees a removed item finds no room for
+            # it and drops it
+            self._item_rooms = by_item
+            self.rooms = {r.live_id: r for r in rooms}
+            if popularity is not None:
+                self.popularity = popularity
+            if gone.size:
+                self.index.remove(gone)
+            return SyncStats(len(rooms), int(add.size), int(gone.size), int(np.count_nonzero(rows == 0)))
+
+    def room_of(self, item_row: int, now: int) -> LiveRoom | None:
+        """The item's most recently started room that had started by ``now``."""
+        for room in self._item_rooms.get(int(item_row), ()):
+            if room.start <= now:
+                return room
+        return None
+
+    def search(self, user_vector: np.ndarray, k: int, now: int) -> tuple[np.ndarray, np.ndarray, list[LiveRoom]]:
+        """Top-``k`` live items by inner product with ``user_vector`` ``(d,)``: item rows, scores and their rooms
+        (items with no room started by ``now`` are dropped)."""
+        n = len(self.index)
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), []
+        scores, ids = self.index.search(np.asarray(user_vector, np.float32)[None, :], min(k, n))
+        keep, rooms = [], []
+        for j, item in enumerate(ids[0].tolist()):
+            room = self.room_of(item, now)
+            if room is not None:
+                keep.append(j)
+                rooms.append(room)
+        return ids[0][keep], scores[0][keep], rooms
+
+    def popular(self, k: int, now: int) -> list[LiveRoom]:
+        """The fallback: live rooms started by ``now`` by recent entries (then most recent start)."""
+        rooms = [r for r in self.rooms.values() if r.start <= now]
+        rooms.sort(key=lambda r: (-self.popularity.get(r.live_id, 0), -r.start, r.live_id))
+        return rooms[:k]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+__all__ = ["LiveCatalog", "SyncStats"]

@@ -1,0 +1,154 @@
+"""The service through HTTP (FastAPI TestClient, lifespan included) on the embedded defaults."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys.feed.decision_log import read_decisions
+from serving.app import create_app
+from tests.serving.conftest import SERVE_TIME
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def wait_ready(client: TestClient, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = client.get("/readyz")
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r.json() | {"_status": r.status_code}
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def client(serve_config):
+    with TestClient(create_app(serve_config)) as c:
+        assert wait_ready(c)["_status"] == 200
+        yield c
+
+
+def test_recommend_returns_live_ranked_rooms_with_an_allocation(client: TestClient, tiny_data) -> None:
+    rooms = tiny_data.tables["rooms"]
+    r = client.post("/v1/recommend", json={"user_id": 5, "k": 5, "time_ms": SERVE_TIME})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 5 and body["time_ms"] == SERVE_TIME
+    assert not body["fallback"]
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    ids = [it["live_id"] for it in body["items"]]
+    live = rooms.filter(rooms["live_id"].is_in(ids))
+    # every returned room is live at the request time (half-open [start, end))
+    assert live.height == 5
+    assert (live["start_timestamp"] <= SERVE_TIME).all() and (live["end_timestamp"] > SERVE_TIME).all()
+    a = body["allocation"]
+    assert a["live_id"] == ids[0] and 0.0 <= a["prob_insert"] <= 1.0
+    assert a["propensity"] == pytest.approx(a["prob_insert"] if a["insert"] else 1 - a["prob_insert"])
+    assert set(body["timings_ms"]) == {"features", "retrieve", "prerank", "rank", "allocate", "log"}
+    assert set(body["models"]) == {"retriever", "ranker", "policy"}
+
+
+def test_unknown_user_is_a_cold_start_not_an_error(client: TestClient) -> None:
+    r = client.post("/v1/recommend", json={"user_id": 10**12, "time_ms": SERVE_TIME})
+    assert r.status_code == 200
+    assert r.json()["cold_start"] is True and r.json()["items"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": "abc"}, "user_id"),
+    ({"user_id": -1}, "user_id"),
+    ({"user_id": 1, "k": 0}, "k"),
+    ({"user_id": 1, "time_ms": 1_747_000_000}, "time_ms"),  # seconds, not milliseconds
+    ({"user_id": 1, "colour": "red"}, "colour"),
+    ({"user_id": 1, "context": {"request_index": -2}}, "request_index"),
+    ({}, "user_id"),
+])
+def test_bad_input_is_a_422_naming_the_field(client: TestClient, body: dict, field: str) -> None:
+    r = client.post("/v1/recommend", json=body)
+    assert r.status_code == 422
+    assert any(field in err["loc"] for err in r.json()["detail"]), r.json()
+
+
+def test_malformed_json_is_a_422(client: TestClient) -> None:
+    r = client.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_metrics_expose_stage_latencies_and_index_size(client: TestClient) -> None:
+    client.post("/v1/recommend", json={"user_id": 3, "time_ms": SERVE_TIME})
+    text = client.get("/metrics").text
+    for stage in ("features", "retrieve", "prerank", "rank", "allocate", "log"):
+        assert f'recsys_stage_seconds_count{{stage="{stage}"}}' in text
+    size = [ln for ln in text.splitlines() if ln.startswith("recsys_index_items ")]
+    assert size and float(size[0].split()[1]) > 0
+
+
+def test_health_ready_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["index_items"] > 0
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/recommend", "/healthz", "/readyz", "/metrics", "/admin/reload"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["RecommendRequest"]["examples"]
+
+
+def test_reload_needs_the_token(client: TestClient) -> None:
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_reload_with_a_bad_reference_keeps_the_serving_models(client: TestClient, tmp_path: Path) -> None:
+    before = client.get("/readyz").json()["models"]
+    r = client.post("/admin/reload", json={"ranker": str(tmp_path / "missing")},
+                    headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 400 and "missing" in r.json()["detail"]
+    assert client.get("/readyz").json()["models"] == before
+    assert client.post("/v1/recommend", json={"user_id": 1, "time_ms": SERVE_TIME}).status_code == 200
+
+
+def test_reload_under_load_fails_no_request(client: TestClient) -> None:
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set():
+            statuses.append(client.post("/v1/recommend", json={"user_id": 1 + i % 50, "time_ms": SERVE_TIME})
+                            .status_code)
+            i += 1
+
+    workers = [threading.Thread(target=load) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        for _ in range(2):
+            r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+            assert r.status_code == 200, r.text
+            assert r.json()["index_items"] > 0
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert statuses and set(statuses) == {200}
+    assert 'recsys_reloads_total{result="ok"} 2.0' in client.get("/metrics").text
+
+
+def test_every_decision_is_logged_with_its_propensity(client: TestClient, serve_config) -> None:
+    ids = [client.post("/v1/recommend", json={"user_id": u, "time_ms": SERVE_TIME}).json()["request_id"]
+           for u in (11, 12, 13)]
+    records = {r.request_id: r for r in read_decisions(serve_config.decision_log)}
+    for rid in ids:
+        rec = records[rid]
+        assert rec.timestamp == SERVE_TIME and len(rec.features) == len(rec.feature_names)
+        assert rec.propensity == pytest.approx(rec.prob_insert if rec.action else 1 - rec.prob_insert)
+
+
+def test_reload_is_disabled_without_a_token(serve_config) -> None:
+    cfg = serve_config.model_copy(update={"admin_token": None, "decision_log": None})
+    with TestClient(create_app(cfg)) as c:
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 403
