@@ -223,8 +223,8 @@ def bench_retrieval(scale: str, cfg: PlatformConfig | None = None, seed: int = 0
     ``grank_vs_two_tower.<granularity>.recall@500_rel`` (relative gain).
     """
     from models.retrieval.registry import ALL_RETRIEVERS
-    from pipelines.train_retrieval import RetrievalTrainConfig, evaluate_retriever, fit_retriever
     from pipelines.train_ranker import resolve_device
+    from pipelines.train_retrieval import RetrievalTrainConfig, evaluate_retriever, fit_retriever
     from recsys.data.retrieval import build_retrieval_dataset
 
     cfg = cfg or PlatformConfig()
@@ -369,6 +369,64 @@ def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -> 
     return run(scale, cfg, seed)
 
 
+#: Load levels of ``bench serve``: concurrent closed-loop clients, seconds per level, warm-up seconds per level.
+SERVE_LOAD = {"tiny": ((1, 10), 3.0, 1.0), "small": ((1, 10, 50), 10.0, 2.0), "full": ((1, 10, 50), 10.0, 2.0)}
+
+
+def bench_serve(scale: str, cfg: PlatformConfig | None = None, seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """The ranking service in one process (``recsys serve`` on the embedded defaults, warmed up to the evening peak
+    of the last day) and a closed-loop load generator in another, at several concurrencies, with logged traffic
+    (the impressions of the day before); then the same load on a trivial FastAPI endpoint of the same request shape
+    started the same way (the framework floor). Keys ``c<N>.p50_ms|p99_ms|p999_ms|qps``, ``floor.c<N>.*`` and
+    ``c<N>.qps_vs_floor``; also the live-set size and the per-stage latencies from the service's own metrics."""
+    import random
+
+    from pipelines.bench_serve_harness import flatten, floor_command, free_port, measure, start_server
+    from pipelines.serve_job import busy_time, serve_command, train_served_models
+    from pipelines.serve_replay import logged_requests, request_body
+
+    cfg = cfg or PlatformConfig()
+    levels, duration, warmup = SERVE_LOAD[scale]
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        data_dir = _synthetic_dir(scale, cfg, seed, tmp)
+        t0 = time.perf_counter()
+        models = train_served_models(data_dir, Path(tmp) / "models", scale, seed)
+        train_s = time.perf_counter() - t0
+        until = busy_time()
+        data = load_kuailive(data_dir, tables=("click", "negative"), with_embeddings=False)
+        reqs = logged_requests(data, until - 24 * 3_600_000, until)
+        bodies = [request_body(r) for r in random.Random(seed).sample(reqs, min(len(reqs), 5_000))]
+        metrics: dict[str, Any] = {"train_s": train_s, "request_bodies": float(len(bodies))}
+        port = free_port()
+        cmd = serve_command(models.as_dict(), port, warm_data=data_dir, warm_until=until)
+        with start_server(cmd, port, ready_timeout_s=600, log_path=Path(tmp) / "serve.log") as server:
+            import json
+            import urllib.request
+
+            ready = json.loads(urllib.request.urlopen(server.url("/readyz"), timeout=10).read())
+            metrics["index_items"] = float(ready["index_items"])
+            metrics.update(flatten("", measure(server.url("/v1/recommend"), bodies, levels, duration, warmup)))
+            stage_text = urllib.request.urlopen(server.url("/metrics"), timeout=10).read().decode()
+        metrics.update(_stage_means(stage_text))
+        port = free_port()
+        with start_server(floor_command(port), port) as floor:
+            metrics.update(flatten("floor", measure(floor.url("/v1/recommend"), bodies, levels, duration, warmup)))
+    for c in levels:
+        metrics[f"c{c}.qps_vs_floor"] = metrics[f"c{c}.qps"] / max(metrics[f"floor.c{c}.qps"], 1e-9)
+    return "cpu", metrics
+
+
+def _stage_means(prometheus_text: str) -> dict[str, float]:
+    """``stage.<name>.mean_ms`` from the service's ``recsys_stage_seconds`` histogram."""
+    sums, counts = {}, {}
+    for line in prometheus_text.splitlines():
+        for kind, into in (("_sum", sums), ("_count", counts)):
+            prefix = f"recsys_stage_seconds{kind}{{stage=\""
+            if line.startswith(prefix):
+                into[line[len(prefix):].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return {f"stage.{k}.mean_ms": 1e3 * sums[k] / counts[k] for k in sums if counts.get(k)}
+
+
 #: name -> function(scale, cfg) -> (device, metrics)
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "synth": bench_synth,
@@ -378,6 +436,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "mips": bench_mips,
     "tpp": bench_tpp,
     "allocation": bench_allocation,
+    "serve": bench_serve,
 }
 
 __all__ = ["BENCHMARKS", "bench_synth"]

@@ -8,7 +8,9 @@ over an exact MIPS index kept current by replaying the room starts and ends up t
 event stream replayed in-process, a model update at every 3-day window, next-visit and gift features written to the
 feature store of stage 5) -> SL-MGAC allocation (a logged feed day in the semi-synthetic environment, offline
 training, export, then offline replay / OPE of the exported policy against the environment's truth, with a report)
--> MLflow run. The serving stage joins here when it lands.
+-> the ranking service (``recsys serve`` started as its own process on the embedded defaults with the models of the
+previous stages, loaded from the MLflow registry by alias when tracking is on; an hour of logged traffic replayed
+through HTTP, its decision log evaluated by OPE, and a working ``curl`` line) -> MLflow run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from pipelines.ope_report import run_replay
 from pipelines.stream_tpp import StreamTPPConfig, stream_tpp
 from pipelines.train_allocator import AllocatorTrainConfig, train_allocator_job
 from pipelines.train_ranker import RankerTrainConfig, set_alias, train_ranker
-from pipelines.train_tpp import TPPTrainConfig
 from pipelines.train_retrieval import (
     RetrievalTrainConfig,
     evaluate_retriever,
@@ -32,6 +33,7 @@ from pipelines.train_retrieval import (
     retrieve_live,
     train_retrieval,
 )
+from pipelines.train_tpp import TPPTrainConfig
 from recsys.config import PlatformConfig
 from recsys.data.loaders import load_kuailive
 from recsys.data.ranking import build_ranking_dataset
@@ -58,6 +60,8 @@ class QuickstartResult:
     tpp: dict[str, float] = field(default_factory=dict)
     allocation: dict[str, float] = field(default_factory=dict)
     allocation_report: Path | None = None
+    serving: dict[str, float] = field(default_factory=dict)
+    curl: str = ""
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -77,12 +81,12 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_params({"scale": scale, "seed": seed, "data_dir": str(data_dir)})
 
         t0 = time.perf_counter()
-        echo(f"[1/9] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
+        echo(f"[1/10] synthesizing KuaiLive ({scale}, seed {seed}) -> {data_dir}")
         generate(data_dir, SynthConfig(scale=scale, seed=seed))
         stage_s["synth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        echo("[2/9] loading and validating the KuaiLive files")
+        echo("[2/10] loading and validating the KuaiLive files")
         data = load_kuailive(data_dir, cache_dir=data_dir / ".cache")
         stage_s["load"] = time.perf_counter() - t0
         report = stats_report(data)
@@ -90,17 +94,17 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         tracker.log_text(report, "stats.txt")
 
         t0 = time.perf_counter()
-        echo("[3/9] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
+        echo("[3/10] building CTR samples, top-K eval sets (live-at-t negatives), sequences and TPP windows")
         ds = build_datasets(data, out / "datasets", truth_dir=data_dir / "truth")
         stage_s["datasets"] = time.perf_counter() - t0
         for k, v in ds.counts.items():
             echo(f"    {k:>28}: {v:,}")
 
-        echo("[4/9] oracle (ground-truth click probability) on the CTR test split")
+        echo("[4/10] oracle (ground-truth click probability) on the CTR test split")
         for k, v in ds.oracle.items():
             echo(f"    oracle.{k:<10} {v:.4f}")
         t0 = time.perf_counter()
-        echo("[5/9] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
+        echo("[5/10] streaming ingestion: replay in event-time order -> in-process bus -> stream worker -> "
              "in-memory feature store")
         ing = run_ingest(IngestConfig(data_dir=data_dir, progress=False), events=event_table(data))
         stage_s["ingest"] = time.perf_counter() - t0
@@ -111,7 +115,7 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
             raise RuntimeError(f"online features differ from batch features: {parity}")
         t0 = time.perf_counter()
         steps = QUICKSTART_RANKER_STEPS[scale]
-        echo(f"[6/9] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
+        echo(f"[6/10] TokenMixer-Large multi-task ranker: {steps} training steps on the CTR train split, test "
              "metrics, export, MLflow registry")
         rds = build_ranking_dataset(data, truth_dir=data_dir / "truth")
         tcfg = RankerTrainConfig(model="tokenmixer", epochs=1, max_steps=steps, batch_size=2048 if scale != "tiny" else 512,
@@ -140,6 +144,13 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         allocation, report = _allocation_stage(data_dir, config, out, scale, seed, echo)
         stage_s["allocation"] = time.perf_counter() - t0
         tracker.log_metrics({"allocation": allocation})
+        t0 = time.perf_counter()
+        models = {"retriever": _registry_ref(rt, "kuailive-retriever", config),
+                  "ranker": _registry_ref(rk, tcfg.register_name, config),
+                  "policy": str(out / "allocator" / "slmgac")}
+        serving, curl = _serving_stage(data_dir, data, config, out, models, scale, seed, echo)
+        stage_s["serving"] = time.perf_counter() - t0
+        tracker.log_metrics({"serving": serving})
         stats = table2(data)
         tracker.log_metrics({"ingest": {"events": ing.stats.processed, "events_per_s": ing.stats.events_per_s}})
         tracker.log_metrics({"oracle": ds.oracle, "counts": ds.counts, "stage_s": stage_s})
@@ -151,13 +162,13 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         return QuickstartResult(data_dir=data_dir, datasets_dir=ds.out_dir, stats=stats, oracle=ds.oracle,
                                 run_id=tracker.run_id, ranker=ranker, ranker_dir=rk.export_dir, retrieval=retrieval,
                                 retrieval_dir=rt.export_dir, tpp=tpp, allocation=allocation,
-                                allocation_report=report, stage_s=stage_s)
+                                allocation_report=report, serving=serving, curl=curl, stage_s=stage_s)
 
 
 def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo):
     """Stage 7: GRank on the streamer protocol vs popularity, export + alias, live retrieval over exact MIPS."""
     steps = QUICKSTART_RETRIEVAL_STEPS[scale]
-    echo(f"[7/9] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
+    echo(f"[7/10] GRank retrieval (streamer): {steps} training steps on leave-one-out train clicks against live-at-t "
          "negatives, test Recall/NDCG vs popularity, export, MLflow registry, live MIPS")
     ds = load_retrieval_dataset(data_dir, "streamer", cache_dir=data_dir / ".cache")
     tcfg = RetrievalTrainConfig(model="grank", granularity="streamer", epochs=1, max_steps=steps,
@@ -188,7 +199,7 @@ def _retrieval_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: s
 def _tpp_stage(data_dir: Path, config: PlatformConfig, store, scale: str, seed: int, echo) -> dict[str, float]:
     """Stage 8: streaming PromptTPP over the in-process replay, features into the stage-5 feature store."""
     window_days = 7 if scale == "tiny" else 3
-    echo(f"[8/9] streaming PromptTPP: replay -> in-process bus -> a model update at every {window_days}-day window "
+    echo(f"[8/10] streaming PromptTPP: replay -> in-process bus -> a model update at every {window_days}-day window "
          "(warm start, no replay of old windows) -> next-visit / gift features in the feature store")
     train = TPPTrainConfig(scheme="prompttpp", epochs=1, batch_size=64, n_samples=10, eval_max_sequences=40,
                            seed=seed, progress=False)
@@ -215,7 +226,7 @@ def _allocation_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: 
                       ) -> tuple[dict[str, float], Path]:
     """Stage 9: SL-MGAC trained offline on a logged feed day, exported, then replayed / OPE-evaluated."""
     sessions, steps, boot, true_sessions = QUICKSTART_ALLOCATION[scale]
-    echo(f"[9/9] SL-MGAC allocation: log {sessions:,} feed sessions with the epsilon-greedy logging policy, train "
+    echo(f"[9/10] SL-MGAC allocation: log {sessions:,} feed sessions with the epsilon-greedy logging policy, train "
          f"offline for {steps} steps, export, then offline replay / OPE against the environment's truth")
     job = train_allocator_job(data_dir, AllocatorTrainConfig(policy="slmgac", steps=steps, seed=seed),
                               config.tracking, n_log_sessions=sessions, n_true_sessions=true_sessions,
@@ -234,3 +245,74 @@ def _allocation_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: 
         res[f"ope.{pr.key}.dr"] = dr.value
     echo(f"    report: {rep.report} (and {rep.html.name}, with plots)")
     return res, rep.report
+
+
+def _registry_ref(result, name: str | None, config: PlatformConfig) -> str:
+    """``models:/<name>@champion`` when the stage registered a version, else its export directory."""
+    if config.tracking.enabled and name and getattr(result, "model_version", None):
+        return f"models:/{name}@champion"
+    return str(result.export_dir)
+
+
+#: Requests of logged traffic the quickstart replays through the service.
+QUICKSTART_SERVE_REQUESTS = {"tiny": 100, "small": 300, "full": 300}
+
+
+def _serving_stage(data_dir: Path, data, config: PlatformConfig, out: Path, models: dict[str, str], scale: str,
+                   seed: int, echo) -> tuple[dict[str, float], str]:
+    """Stage 10: ``recsys serve`` as its own process, logged traffic through HTTP, OPE of its decision log."""
+    import shlex
+
+    import numpy as np
+
+    from pipelines.bench_serve_harness import free_port, start_server
+    from pipelines.ope_report import run_ope
+    from pipelines.serve_job import busy_time, curl_line, post_json, serve_command
+    from pipelines.serve_replay import logged_requests, replay
+
+    until = busy_time()
+    n = QUICKSTART_SERVE_REQUESTS[scale]
+    echo(f"[10/10] ranking service: `recsys serve` on the embedded defaults (stream replayed into its in-memory "
+         f"store up to t={until}), {n} logged requests through HTTP, OPE of its decision log")
+    port = free_port()
+    log_path = out / "serving" / "decisions.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    env = {"RECSYS_TRACKING__TRACKING_URI": config.tracking.tracking_uri}
+    cmd = serve_command(models, port, warm_data=data_dir, warm_until=until, decision_log=log_path)
+    reqs = logged_requests(data, until - 3_600_000, until, max_requests=n)
+    with start_server(cmd, port, ready_timeout_s=600, env=env, log_path=out / "serving" / "serve.log") as server:
+        url = server.url("/v1/recommend")
+        lat: list[float] = []
+
+        def post(body: dict) -> dict:
+            t = time.perf_counter()
+            resp = post_json(url, body)
+            lat.append(1e3 * (time.perf_counter() - t))
+            return resp
+
+        responses = replay(reqs, post)
+        body = {"user_id": reqs[0].user_id, "k": 5, "time_ms": until}
+        example = post_json(url, body)
+    inserted = sum(r["allocation"]["insert"] for r in responses)
+    metrics = {"requests": float(len(responses)), "p50_ms": float(np.percentile(lat, 50)),
+               "p99_ms": float(np.percentile(lat, 99)), "insert_ratio": inserted / max(len(responses), 1),
+               "fallbacks": float(sum(r["fallback"] for r in responses))}
+    echo("    models: " + ", ".join(f"{k} {v}" for k, v in example["models"].items()))
+    echo(f"    {len(responses)} requests: p50 {metrics['p50_ms']:.1f} ms, p99 {metrics['p99_ms']:.1f} ms (one client, "
+         f"HTTP included), live rooms inserted in {metrics['insert_ratio']:.1%} of the feed slots")
+    top = ", ".join(f"{it['live_id']} ({it['p_click']:.2f})" for it in example["items"][:5])
+    echo(f"    user {body['user_id']}: rooms {top}; allocation insert={example['allocation']['insert']} "
+         f"p={example['allocation']['prob_insert']:.2f}")
+    ope = run_ope(log_path, [models["policy"], "constant:0.3", "never"], config.tracking, out / "serving" / "ope",
+                  data_dir=data_dir, n_boot=50, seed=seed, run_name="ope-service-log")
+    for name, pr in ope.results.policies.items():
+        echo(f"    OPE on the service's decision log, {name}: SNIPS {pr.estimates['snips'].value:.3f}, "
+             f"DR {pr.estimates['dr'].value:.3f} min/session")
+        metrics[f"ope.{pr.key}.snips"] = pr.estimates["snips"].value
+    curl = curl_line(port, body)
+    start = "recsys " + shlex.join(cmd[3:])  # cmd = [python, -m, recsys.cli, serve, ...]
+    echo("    the service was stopped; start it again and query it with:")
+    echo(f"      {start}")
+    echo(f"      {curl}")
+    return metrics, curl

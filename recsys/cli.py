@@ -511,7 +511,8 @@ def serve_config(args: argparse.Namespace, cfg: PlatformConfig) -> Any:
               "redis_url": args.redis_url or cfg.services.redis_url, "k1": args.k1, "k2": args.k2,
               "mips_backend": args.mips, "device": args.device, "decision_log": args.decision_log,
               "admin_token": args.admin_token or os.environ.get("RECSYS_ADMIN_TOKEN") or None,
-              "warm_data": args.warm_data, "torch_threads": args.threads,
+              "warm_data": args.warm_data, "torch_threads": args.threads, "max_batch": args.max_batch,
+              "batch_wait_ms": args.batch_wait_ms,
               "warm_until": _time_ms(args.warm_until, "--warm-until") if args.warm_until else None}
     try:
         return ServeConfig(**values)
@@ -556,6 +557,8 @@ def _add_serve_parser(sub: Any) -> None:
     sv.add_argument("--mips", choices=("torch", "faiss"), default="torch")
     sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    sv.add_argument("--max-batch", type=int, default=64, help="most concurrent requests served by one pipeline run")
+    sv.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a batch waits for more requests")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import FastAPI, Header, HTTPException, Response
+from fastapi import FastAPI, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from recsys.feed.decision_log import open_sink
@@ -166,6 +170,12 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.service = state
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A 422 naming the field; the offending input is echoed as its ``repr`` when JSON cannot carry it (NaN,
+        infinities, lone surrogates), so a bad body never turns into a 500."""
+        return JSONResponse(status_code=422, content={"detail": [_safe_error(e) for e in exc.errors()]})
+
     @app.post("/v1/recommend", response_model=RecommendResponse, summary="Ranked live rooms and the allocation")
     def recommend(req: RecommendRequest) -> RecommendResponse:
         rec = state.recommender
@@ -209,7 +219,7 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         try:
             out = state.reload(body or ReloadRequest())
-        except (ModelLoadError, OSError) as exc:  # OSError: a reference the filesystem refuses (name too long)
+        except ModelLoadError as exc:
             state.metrics.reloads.labels("failed").inc()
             raise HTTPException(400, f"reload failed, the serving models are unchanged: {exc}") from exc
         except RuntimeError as exc:
@@ -218,6 +228,17 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
         return out
 
     return app
+
+
+def _safe_error(error: dict) -> dict:
+    out = {k: v for k, v in error.items() if k not in ("input", "ctx", "url")}
+    try:
+        value = jsonable_encoder(error.get("input"))
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")  # as JSONResponse renders it
+    except (ValueError, TypeError, UnicodeEncodeError):
+        value = repr(error.get("input"))
+    out["input"] = value
+    return out
 
 
 __all__ = ["ServiceState", "create_app", "make_store", "warm_store"]

@@ -44,7 +44,11 @@ def resolve_export(ref: str, kind: str, tracking_uri: str) -> tuple[Path, str]:
     marker = MARKERS[kind]
     if "://" not in ref and ":/" not in ref:
         d = Path(ref)
-        if not (d / marker).is_file():
+        try:
+            found = (d / marker).is_file()
+        except OSError as exc:  # a name too long, a directory we may not read
+            raise ModelLoadError(f"{kind} {ref!r}: {exc.strerror or exc}") from exc
+        if not found:
             raise ModelLoadError(f"{kind} {ref!r}: not an export directory (no {marker})")
         return d, str(d)
     import mlflow

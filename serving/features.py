@@ -11,6 +11,7 @@ documented in ARCHITECTURE.md. The retriever's long-view behaviour (watch >= 60 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -206,6 +207,32 @@ class RankingEncoder:
         )
 
 
+# ------------------------------------------------------------------------------------------------------ batching
+def stack_queries(parts: Sequence[QueryArrays]) -> QueryArrays:
+    """One :class:`QueryArrays` of the requests of a batch (rows in order)."""
+    return QueryArrays(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                          for f in dataclasses.fields(QueryArrays)})
+
+
+def concat_features(parts: Sequence[FeatureArrays]) -> tuple[FeatureArrays, np.ndarray, np.ndarray]:
+    """The candidates of a batch of requests as one :class:`FeatureArrays`, ``user_of`` (each row reads the histories
+    of its request's first row) and the row offsets of the requests (``len(parts) + 1``)."""
+    sizes = np.array([len(p) for p in parts], np.int64)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    user_of = np.repeat(offsets[:-1], sizes)
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    keys = parts[0].hist.keys()
+    return FeatureArrays(
+        user_idx=cat("user_idx"), streamer_idx=cat("streamer_idx"), user_profile=cat("user_profile"),
+        streamer_profile=cat("streamer_profile"), context=cat("context"), title=cat("title"), dense=cat("dense"),
+        hist={k: np.concatenate([p.hist[k] for p in parts]) for k in keys},
+        hist_len={k: np.concatenate([p.hist_len[k] for p in parts]) for k in keys}, hist_gap=cat("hist_gap"),
+    ), user_of, offsets
+
+
 # ------------------------------------------------------------------------------------------------------ allocation
 def allocation_features(names: Sequence[str], *, p_click: float, watch_min: float, log_popularity: float,
                         fatigue: float, request_index: int, now: int, has_candidate: bool, group: int) -> np.ndarray:
@@ -225,4 +252,5 @@ def allocation_features(names: Sequence[str], *, p_click: float, watch_min: floa
     return x
 
 
-__all__ = ["DENSE_SOURCES", "RankingEncoder", "RetrievalEncoder", "allocation_features", "hour_weekday"]
+__all__ = ["DENSE_SOURCES", "RankingEncoder", "RetrievalEncoder", "allocation_features", "concat_features",
+           "hour_weekday", "stack_queries"]

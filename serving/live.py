@@ -86,20 +86,24 @@ class LiveCatalog:
                 return room
         return None
 
-    def search(self, user_vector: np.ndarray, k: int, now: int) -> tuple[np.ndarray, np.ndarray, list[LiveRoom]]:
-        """Top-``k`` live items by inner product with ``user_vector`` ``(d,)``: item rows, scores and their rooms
-        (items with no room started by ``now`` are dropped)."""
+    def search(self, user_vectors: np.ndarray, k: int, nows: list[int]
+               ) -> list[tuple[np.ndarray, np.ndarray, list[LiveRoom]]]:
+        """Top-``k`` live items by inner product for each row of ``user_vectors`` ``(B, d)`` (one batched search):
+        per row the item rows, scores and rooms, dropping items with no room started by that row's time."""
         n = len(self.index)
         if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), []
-        scores, ids = self.index.search(np.asarray(user_vector, np.float32)[None, :], min(k, n))
-        keep, rooms = [], []
-        for j, item in enumerate(ids[0].tolist()):
-            room = self.room_of(item, now)
-            if room is not None:
-                keep.append(j)
-                rooms.append(room)
-        return ids[0][keep], scores[0][keep], rooms
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32), []) for _ in nows]
+        scores, ids = self.index.search(np.asarray(user_vectors, np.float32), min(k, n))
+        out = []
+        for row_ids, row_scores, now in zip(ids, scores, nows):
+            keep, rooms = [], []
+            for j, item in enumerate(row_ids.tolist()):
+                room = self.room_of(item, now)
+                if room is not None:
+                    keep.append(j)
+                    rooms.append(room)
+            out.append((row_ids[keep], row_scores[keep], rooms))
+        return out
 
     def popular(self, k: int, now: int) -> list[LiveRoom]:
         """The fallback: live rooms started by ``now`` by recent entries (then most recent start)."""

@@ -28,6 +28,8 @@ class ServingMetrics:
         self.live_rooms = Gauge("recsys_live_rooms", "Rooms live at the last sync", registry=r)
         self.store_up = Gauge("recsys_store_up", "1 when the last feature-store call succeeded", registry=r)
         self.reloads = Counter("recsys_reloads_total", "Model reloads", ["result"], registry=r)
+        self.batch_size = Histogram("recsys_batch_size", "Requests served together by one pipeline run",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.decisions = Counter("recsys_decisions_total", "Allocation decisions", ["action"], registry=r)
 
 

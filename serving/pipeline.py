@@ -21,6 +21,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from recsys.feed.decision_log import DecisionRecord, DecisionSink
 from recsys.stream.features import LiveRoom
 from serving.bundle import ServingBundle
 from serving.config import ServeConfig
-from serving.features import allocation_features
+from serving.features import allocation_features, concat_features, stack_queries
 from serving.metrics import ServingMetrics
 from serving.schemas import Allocation, RankedRoom, RecommendRequest, RecommendResponse
 from serving.store_reader import StoreReader, UserState
@@ -49,6 +50,29 @@ class _Timer:
         self.metrics.stage_seconds.labels(stage).observe(now - self._t)
         self.ms[stage] = round((now - self._t) * 1e3, 3)
         self._t = now
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request's state through the stages."""
+
+    req: RecommendRequest
+    now: int
+    state: UserState
+    cold: bool = False
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rooms: list[LiveRoom] = field(default_factory=list)
+    p: np.ndarray | None = None
+    w: np.ndarray | None = None
+    entries: np.ndarray | None = None
+    group: int = 0
+    x: np.ndarray | None = None
+    alloc: Allocation | None = None
+
+    @property
+    def fallback(self) -> bool:
+        return not self.state.from_store
 
 
 class Recommender:
@@ -75,106 +99,149 @@ class Recommender:
         return max(starts) if starts else int(time.time() * 1000)
 
     # --------------------------------------------------------------------------------------------------- stages
-    def _retrieve(self, b: ServingBundle, state: UserState) -> tuple[QueryBatch, torch.Tensor, np.ndarray,
-                                                                     np.ndarray, list[LiveRoom]]:
-        q = QueryBatch.from_arrays(b.retrieval.query(state), b.device)
+    def _retrieve(self, b: ServingBundle, jobs: list[_Job]) -> tuple[QueryBatch, torch.Tensor]:
+        q = QueryBatch.from_arrays(stack_queries([b.retrieval.query(j.state) for j in jobs]), b.device)
         u = b.retriever.model.user_vector(q)
-        rows, scores, rooms = b.catalog.search(u[0].float().cpu().numpy(), self.cfg.k1, state.now)
-        return q, u, rows, scores, rooms
+        found = b.catalog.search(u.float().cpu().numpy(), self.cfg.k1, [j.now for j in jobs])
+        for j, (rows, scores, rooms) in zip(jobs, found):
+            j.rows, j.scores, j.rooms = rows, scores, rooms
+        return q, u
 
-    def _prerank(self, b: ServingBundle, q: QueryBatch, u: torch.Tensor, rows: np.ndarray, scores: np.ndarray,
-                 rooms: list[LiveRoom], now: int) -> tuple[list[LiveRoom], np.ndarray]:
+    def _prerank(self, b: ServingBundle, jobs: list[_Job], q: QueryBatch, u: torch.Tensor) -> None:
+        """GRank's ranker over every request's candidates at once (padded to the longest list), then top-``k2``."""
         model = b.retriever.model
-        if isinstance(model, GRank) and model.ranker is not None and rows.size:
-            clicks = self.reader.streamer_day_clicks([r.streamer_id for r in rooms], now)
-            pop = torch.as_tensor(np.log1p(np.zeros(rows.size) if clicks is None else clicks), dtype=torch.float32,
-                                  device=b.device)[None]
-            scores = model.rank(q, u, torch.as_tensor(rows, device=b.device)[None], cand_pop=pop)[0]
-            scores = scores.float().cpu().numpy()
-        order = np.argsort(-scores, kind="stable")[: self.cfg.k2]
-        return [rooms[i] for i in order], scores[order]
+        width = max(len(j.rooms) for j in jobs)
+        if isinstance(model, GRank) and model.ranker is not None and width:
+            cand = np.zeros((len(jobs), width), np.int64)
+            pop = np.zeros((len(jobs), width), np.float32)
+            for i, j in enumerate(jobs):
+                n = len(j.rooms)
+                cand[i, :n] = j.rows
+                clicks = self.reader.streamer_day_clicks([r.streamer_id for r in j.rooms], j.now) if n else None
+                if clicks is not None:
+                    pop[i, :n] = np.log1p(clicks)
+            scores = model.rank(q, u, torch.as_tensor(cand, device=b.device),
+                                cand_pop=torch.as_tensor(pop, device=b.device)).float().cpu().numpy()
+            for i, j in enumerate(jobs):
+                j.scores = scores[i, :len(j.rooms)]
+        for j in jobs:
+            order = np.argsort(-j.scores, kind="stable")[: self.cfg.k2]
+            j.rooms, j.scores = [j.rooms[i] for i in order], j.scores[order]
 
-    def _rank(self, b: ServingBundle, state: UserState, rooms: list[LiveRoom], scores: np.ndarray
-              ) -> tuple[list[LiveRoom], np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        entries = self.reader.room_entries([r.live_id for r in rooms], state.now) if rooms else None
-        if b.ranker is None or b.ranking is None or not rooms:
-            return rooms, scores, None, None, entries
-        x = to_input(b.ranking.arrays(state, rooms, entries), user_of=np.zeros(len(rooms), np.int64))
-        pred = b.ranker.model.predict(x.to(b.device))
-        p = pred["click"].float().cpu().numpy()
-        w = pred["watch_s"].float().cpu().numpy()
-        order = np.argsort(-p, kind="stable")
-        return ([rooms[i] for i in order], p[order], p[order], w[order],
-                None if entries is None else entries[order])
+    def _rank(self, b: ServingBundle, jobs: list[_Job]) -> None:
+        """The multi-task ranker over every request's candidates as one batch; final order by P(click)."""
+        for j in jobs:
+            j.entries = self.reader.room_entries([r.live_id for r in j.rooms], j.now) if j.rooms else None
+        todo = [j for j in jobs if j.rooms]
+        if b.ranker is None or b.ranking is None or not todo:
+            return
+        arrays, user_of, offsets = concat_features([b.ranking.arrays(j.state, j.rooms, j.entries) for j in todo])
+        pred = b.ranker.model.predict(to_input(arrays, user_of=user_of).to(b.device))
+        p_all = pred["click"].float().cpu().numpy()
+        w_all = pred["watch_s"].float().cpu().numpy()
+        for j, lo, hi in zip(todo, offsets[:-1], offsets[1:]):
+            p, w = p_all[lo:hi], w_all[lo:hi]
+            order = np.argsort(-p, kind="stable")
+            j.rooms, j.scores, j.p, j.w = [j.rooms[i] for i in order], p[order], p[order], w[order]
+            if j.entries is not None:
+                j.entries = j.entries[order]
 
-    def _allocate(self, b: ServingBundle, req: RecommendRequest, now: int, top: LiveRoom | None,
-                  p_click: float, watch_s: float, entries: np.ndarray | None, fallback: bool
-                  ) -> tuple[Allocation, np.ndarray, int]:
-        ctx = req.context
-        group = ctx.group if ctx.group is not None else b.activity_group(req.user_id)
-        group = min(group, max(b.n_groups - 1, 0))
-        log_pop = 0.0
-        if entries is not None and entries.size:
-            log_pop = math.log((entries[0] + 1.0) / (float(entries.mean()) + 1.0))
-        x = allocation_features(b.feature_names, p_click=p_click, watch_min=watch_s / 60.0, log_popularity=log_pop,
-                                fatigue=ctx.fatigue, request_index=ctx.request_index, now=now,
-                                has_candidate=top is not None, group=group)
-        if top is None or b.policy is None or fallback:
-            policy = "fallback" if fallback else b.policy_name
-            return Allocation(insert=False, live_id=None, prob_insert=0.0, propensity=1.0, policy=policy), x, group
-        prob = float(np.clip(b.policy(x)[0], 0.0, 1.0))
-        u = np.random.default_rng([self.cfg.seed, req.user_id, now, ctx.request_index]).random()
-        insert = bool(u < prob)
-        return (Allocation(insert=insert, live_id=top.live_id, prob_insert=prob,
-                           propensity=prob if insert else 1.0 - prob, policy=b.policy_name), x, group)
+    def _allocate(self, b: ServingBundle, jobs: list[_Job]) -> None:
+        """The allocator's state for every request, one policy call, an action drawn per request."""
+        xs = []
+        for j in jobs:
+            ctx = j.req.context
+            group = ctx.group if ctx.group is not None else b.activity_group(j.req.user_id)
+            j.group = min(group, max(b.n_groups - 1, 0))
+            log_pop = 0.0
+            if j.entries is not None and j.entries.size:
+                log_pop = math.log((j.entries[0] + 1.0) / (float(j.entries.mean()) + 1.0))
+            top = bool(j.rooms)
+            xs.append(allocation_features(
+                b.feature_names, p_click=float(j.p[0]) if j.p is not None and top else 0.0,
+                watch_min=float(j.w[0]) / 60.0 if j.w is not None and top else 0.0, log_popularity=log_pop,
+                fatigue=ctx.fatigue, request_index=ctx.request_index, now=j.now, has_candidate=top, group=j.group))
+        x = np.vstack(xs)
+        decide = [i for i, j in enumerate(jobs) if j.rooms and not j.fallback and b.policy is not None]
+        probs = np.clip(b.policy(x[decide]), 0.0, 1.0) if decide else np.zeros(0)
+        prob_of = dict(zip(decide, probs.tolist()))
+        for i, j in enumerate(jobs):
+            j.x = x[i]
+            if i not in prob_of:
+                policy = "fallback" if j.fallback else b.policy_name
+                j.alloc = Allocation(insert=False, live_id=None, prob_insert=0.0, propensity=1.0, policy=policy)
+                continue
+            prob = prob_of[i]
+            u = np.random.default_rng([self.cfg.seed, j.req.user_id, j.now, j.req.context.request_index]).random()
+            insert = bool(u < prob)
+            j.alloc = Allocation(insert=insert, live_id=j.rooms[0].live_id, prob_insert=prob,
+                                 propensity=prob if insert else 1.0 - prob, policy=b.policy_name)
 
-    # --------------------------------------------------------------------------------------------------- request
-    @torch.no_grad()
+    # --------------------------------------------------------------------------------------------------- requests
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        b = self.bundle  # one bundle for the whole request (a reload swaps the reference)
+        return self.recommend_batch([req])[0]
+
+    @torch.no_grad()
+    def recommend_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Serve a batch of requests together (one bundle; the model stages run once over all of them)."""
+        b = self.bundle  # one bundle for the whole batch (a reload swaps the reference)
         start = time.perf_counter()
         timer = _Timer(self.metrics)
-        now = int(req.time_ms) if req.time_ms is not None else self.default_time(b)
-        k = min(req.k or self.cfg.default_k, self.cfg.max_k)
-        request_id = uuid.uuid4().hex
-        state = self.reader.user_state(req.user_id, now)
-        fallback = not state.from_store
-        cold = fallback or not (b.retrieval.known_user(req.user_id) or state.has_history)
+        jobs = []
+        for req in reqs:
+            now = int(req.time_ms) if req.time_ms is not None else self.default_time(b)
+            state = self.reader.user_state(req.user_id, now)
+            job = _Job(req, now, state)
+            job.cold = job.fallback or not (b.retrieval.known_user(req.user_id) or state.has_history)
+            jobs.append(job)
         timer.lap("features")
-        p = w = entries = None
-        if fallback:
-            self.metrics.fallbacks.labels("store_unavailable").inc()
-            rooms = b.catalog.popular(max(k, self.cfg.k2), now)
-            scores = np.array([float(b.catalog.popularity.get(r.live_id, 0)) for r in rooms])
-            entries = np.array([b.catalog.popularity.get(r.live_id, 0) for r in rooms], np.int64)
-        else:
-            q, u, rows, gen, rooms = self._retrieve(b, state)
+        for j in jobs:
+            if j.fallback:
+                self.metrics.fallbacks.labels("store_unavailable").inc()
+                j.rooms = b.catalog.popular(max(self.k(j.req), self.cfg.k2), j.now)
+                j.entries = np.array([b.catalog.popularity.get(r.live_id, 0) for r in j.rooms], np.int64)
+                j.scores = j.entries.astype(np.float64)
+        served = [j for j in jobs if not j.fallback]
+        if served:
+            q, u = self._retrieve(b, served)
             timer.lap("retrieve")
-            rooms, scores = self._prerank(b, q, u, rows, gen, rooms, now)
+            self._prerank(b, served, q, u)
             timer.lap("prerank")
-            rooms, scores, p, w, entries = self._rank(b, state, rooms, scores)
+            self._rank(b, served)
             timer.lap("rank")
-        top = rooms[0] if rooms else None
-        alloc, x, group = self._allocate(b, req, now, top, float(p[0]) if p is not None and top else 0.0,
-                                         float(w[0]) if w is not None and top else 0.0, entries, fallback)
+        self._allocate(b, jobs)
         timer.lap("allocate")
-        items = [RankedRoom(live_id=r.live_id, streamer_id=r.streamer_id, score=float(s),
-                            p_click=None if p is None else float(p[i]), watch_s=None if w is None else float(w[i]))
-                 for i, (r, s) in enumerate(zip(rooms[:k], scores[:k]))]
-        session = req.context.session_id or request_id
-        self.sink.write(DecisionRecord(
-            request_id=request_id, user_id=req.user_id, timestamp=now, session_id=session,
-            step=req.context.request_index, group=group, live_id=top.live_id if top else 0,
-            features=[float(v) for v in x[0]], feature_names=list(b.feature_names), action=int(alloc.insert),
-            propensity=alloc.propensity, prob_insert=alloc.prob_insert, policy=alloc.policy,
-            candidates=[it.live_id for it in items], scores=[it.score for it in items], fallback=fallback))
+        responses = [self._respond(b, j, timer.ms) for j in jobs]
         timer.lap("log")
-        self.metrics.decisions.labels("insert" if alloc.insert else "skip").inc()
-        self.metrics.requests.labels("fallback" if fallback else ("cold_start" if cold else "ok")).inc()
-        self.metrics.request_seconds.observe(time.perf_counter() - start)
-        return RecommendResponse(request_id=request_id, user_id=req.user_id, time_ms=now, items=items,
-                                 allocation=alloc, fallback=fallback, cold_start=cold, models=dict(b.versions),
-                                 timings_ms=timer.ms)
+        elapsed = time.perf_counter() - start
+        self.metrics.batch_size.observe(len(jobs))
+        for j, resp in zip(jobs, responses):
+            resp.timings_ms = dict(timer.ms)
+            self.metrics.decisions.labels("insert" if j.alloc.insert else "skip").inc()
+            self.metrics.requests.labels("fallback" if j.fallback else ("cold_start" if j.cold else "ok")).inc()
+            self.metrics.request_seconds.observe(elapsed)
+        return responses
+
+    def k(self, req: RecommendRequest) -> int:
+        return min(req.k or self.cfg.default_k, self.cfg.max_k)
+
+    def _respond(self, b: ServingBundle, j: _Job, timings: dict[str, float]) -> RecommendResponse:
+        k = self.k(j.req)
+        items = [RankedRoom(live_id=r.live_id, streamer_id=r.streamer_id, score=float(s),
+                            p_click=None if j.p is None else float(j.p[i]),
+                            watch_s=None if j.w is None else float(j.w[i]))
+                 for i, (r, s) in enumerate(zip(j.rooms[:k], j.scores[:k]))]
+        request_id = uuid.uuid4().hex
+        self.sink.write(DecisionRecord(
+            request_id=request_id, user_id=j.req.user_id, timestamp=j.now,
+            session_id=j.req.context.session_id or request_id, step=j.req.context.request_index, group=j.group,
+            live_id=j.rooms[0].live_id if j.rooms else 0, features=[float(v) for v in j.x],
+            feature_names=list(b.feature_names), action=int(j.alloc.insert), propensity=j.alloc.propensity,
+            prob_insert=j.alloc.prob_insert, policy=j.alloc.policy, candidates=[it.live_id for it in items],
+            scores=[it.score for it in items], fallback=j.fallback))
+        return RecommendResponse(request_id=request_id, user_id=j.req.user_id, time_ms=j.now, items=items,
+                                 allocation=j.alloc, fallback=j.fallback, cold_start=j.cold,
+                                 models=dict(b.versions), timings_ms=dict(timings))
 
 
 __all__ = ["Recommender"]

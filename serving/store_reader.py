@@ -81,16 +81,17 @@ class StoreReader:
         return state if state is not None else UserState(user_id, now, {t: [] for t in USER_EVENT_TYPES},
                                                           {}, from_store=False)
 
+    # windows are [now - w, now) as in training (events strictly before the request): zcount's (lo, hi] on ms ints
     def streamer_day_clicks(self, streamer_ids: Sequence[int], now: int) -> np.ndarray | None:
-        """Clicks on each streamer in the day before ``now``."""
-        q = [(streamer_count_key(int(s), "click"), now - MS_PER_DAY, now) for s in streamer_ids]
+        """Clicks on each streamer in ``[now - 1 day, now)``."""
+        q = [(streamer_count_key(int(s), "click"), now - MS_PER_DAY - 1, now - 1) for s in streamer_ids]
         out = self._call(lambda: self.features.store.zcount_many(q))
         return None if out is None else np.asarray(out, np.int64)
 
     def room_entries(self, live_ids: Sequence[int], now: int) -> np.ndarray | None:
-        """Entries (clicks) of each room in the popularity window before ``now``."""
+        """Entries (clicks) of each room in ``[now - popularity window, now)``."""
         w = self.features.spec.popularity_window_ms
-        out = self._call(lambda: self.features.store.zcount_many([(entries_key(int(i)), now - w, now)
+        out = self._call(lambda: self.features.store.zcount_many([(entries_key(int(i)), now - w - 1, now - 1)
                                                                    for i in live_ids]))
         return None if out is None else np.asarray(out, np.int64)
 

@@ -10,7 +10,7 @@ from recsys.config import PlatformConfig, TrackingConfig
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # nine stages; about a minute on a quiet 2-core machine, several under load
+@pytest.mark.timeout(1200)  # ten stages; a few minutes on a quiet 2-core machine, more under load
 def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -80,3 +80,13 @@ def test_quickstart_tiny_tracks_an_mlflow_run(tmp_path: Path) -> None:
     assert 0.0 <= res.allocation["slmgac.alloc_ratio"] <= 1.0 and res.allocation["slmgac.true_value"] >= 0.0
     assert res.allocation_report is not None and res.allocation_report.exists()
     assert any(line.strip().startswith("OPE ") and "vs true" in line for line in lines)
+
+    # the serving stage: the service ran as its own process on the models above (by registry alias), served logged
+    # traffic without fallbacks, and its decision log went through OPE; the curl line it prints is the request it made
+    assert res.serving["requests"] == 100 and res.serving["fallbacks"] == 0
+    assert any(line.strip().startswith("models:") and "kuailive-ranker/" in line and "kuailive-retriever/" in line
+               for line in lines)
+    assert res.curl.startswith("curl -s -X POST http://127.0.0.1:") and '"user_id"' in res.curl
+    assert res.curl in "\n".join(lines)
+    assert any("OPE on the service's decision log" in line for line in lines)
+    assert (tmp_path / "qs" / "serving" / "decisions.jsonl").exists()

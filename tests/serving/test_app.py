@@ -152,3 +152,17 @@ def test_reload_is_disabled_without_a_token(serve_config) -> None:
     cfg = serve_config.model_copy(update={"admin_token": None, "decision_log": None})
     with TestClient(create_app(cfg)) as c:
         assert c.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 403
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"user_id": 1, "context": {"fatigue": NaN}}',
+    b'{"user_id": 1, "context": {"fatigue": Infinity}}',
+    b'{"user_id": 1e400}',
+    b'1e999',
+    b'{"user_id": 1, "context": {"session_id": "\\ud800"}}',
+])
+def test_bodies_json_cannot_echo_are_still_a_422(client: TestClient, raw: bytes) -> None:
+    # Python's JSON parser accepts NaN / Infinity / lone surrogates: the 422 must not fail on echoing them
+    r = client.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
