@@ -2,8 +2,9 @@
 
 Endpoints: ``POST /v1/recommend``, ``GET /healthz`` (the process is up), ``GET /readyz`` (models and index loaded,
 store reachable), ``GET /metrics`` (Prometheus), ``POST /admin/reload`` (bearer token). Request bodies are pydantic
-models with unknown fields forbidden: a bad body is a 422 that names the field. The request handlers are plain
-``def``: FastAPI runs them on its thread pool, and torch releases the GIL in its kernels.
+models with unknown fields forbidden: a bad body is a 422 that names the field. ``/v1/recommend`` hands each request
+to a :class:`~serving.batcher.MicroBatcher`: concurrent requests are served together by one pipeline run on the
+batch worker thread(s), while the event loop only parses, waits and answers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from recsys.feed.decision_log import open_sink
 from recsys.store.base import FeatureStore
 from recsys.stream.features import OnlineFeatures
+from serving.batcher import MicroBatcher
 from serving.bundle import ModelLoadError, ServingBundle, load_bundle
 from serving.config import ServeConfig
 from serving.metrics import ServingMetrics
@@ -73,9 +76,17 @@ class ServiceState:
                                   on_failure=lambda exc: self.metrics.errors.labels("store").inc())
         self.sink = open_sink(cfg.decision_log)
         self.recommender: Recommender | None = None
+        self.batcher = MicroBatcher(self._serve_batch, cfg.max_batch, cfg.batch_wait_ms, cfg.batch_workers,
+                                    name="recommend")
         self.load_error: str | None = None
         self._reload_lock = threading.Lock()
         self.synced = False
+
+    def _serve_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse]:
+        rec = self.recommender
+        if rec is None:
+            raise RuntimeError("models are not loaded")
+        return rec.recommend_batch(reqs)
 
     def live_snapshot(self) -> tuple[list, dict[int, int] | None]:
         rooms = self.reader.live_rooms()
@@ -132,6 +143,9 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(cfg.torch_threads)
+        # the batch worker hands the GIL to the event loop at every torch op: with the default 5 ms switch interval
+        # it waits up to 5 ms to get it back each time (the convoy effect), which multiplies latency under load
+        sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000.0)
         if cfg.warm_data is not None:
             n = await run_in_threadpool(warm_store, cfg, state.store)
             log.info("warmed the in-memory store with %d events of %s", n, cfg.warm_data)
@@ -145,6 +159,7 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
             log.error("models not loaded: %s", exc)
             raise
         stop = asyncio.Event()
+        state.batcher.start()
 
         async def sync_loop() -> None:
             while not stop.is_set():
@@ -162,6 +177,7 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
         finally:
             stop.set()
             await task
+            await run_in_threadpool(state.batcher.stop)
             state.sink.close()
 
     app = FastAPI(title="KuaiLive ranking service", version="1",
@@ -177,12 +193,11 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": [_safe_error(e) for e in exc.errors()]})
 
     @app.post("/v1/recommend", response_model=RecommendResponse, summary="Ranked live rooms and the allocation")
-    def recommend(req: RecommendRequest) -> RecommendResponse:
-        rec = state.recommender
-        if rec is None:
+    async def recommend(req: RecommendRequest) -> RecommendResponse:
+        if state.recommender is None:
             raise HTTPException(503, "models are not loaded yet")
         try:
-            return rec.recommend(req)
+            return await asyncio.wrap_future(state.batcher.submit(req))
         except Exception:
             state.metrics.errors.labels("request").inc()
             raise

@@ -36,6 +36,7 @@ class ServeConfig(BaseModel):
     max_batch: int = Field(64, ge=1, description="most requests served by one pipeline run (dynamic batching)")
     batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more requests")
     batch_workers: int = Field(1, ge=1, le=16, description="threads running batches")
+    gil_switch_interval_ms: float = Field(0.2, gt=0, le=10, description="sys.setswitchinterval of the process")
     live_sync_s: float = Field(1.0, gt=0, description="how often the live-room set is read from the store")
     decision_log: str | None = Field(None, description="JSONL path or kafka://host:port/topic; None: no log")
     admin_token: str | None = Field(None, description="bearer token of POST /admin/reload; None: reload disabled")
