@@ -35,10 +35,16 @@ def busy_time() -> int:
 
 def train_served_models(data_dir: Path, out: Path, scale: str, seed: int = 0) -> ServedModels:
     """GRank (streamer granularity), TokenMixer-Large and the SL-MGAC student, each exported under ``out``
-    (no MLflow: these are benchmark fixtures)."""
+    (no MLflow, no test evaluation: these are benchmark fixtures whose speed, not quality, is measured)."""
     from pipelines.train_allocator import AllocatorTrainConfig, train_allocator_job
     from pipelines.train_ranker import RankerTrainConfig, load_ranking_dataset, train_ranker
-    from pipelines.train_retrieval import RetrievalTrainConfig, load_retrieval_dataset, train_retrieval
+    from pipelines.train_retrieval import (
+        RetrievalTrainConfig,
+        export_retriever,
+        fit_retriever,
+        load_retrieval_dataset,
+        retriever_config,
+    )
 
     off = TrackingConfig(enabled=False)
     steps = SERVE_TRAIN_STEPS[scale]
@@ -47,12 +53,12 @@ def train_served_models(data_dir: Path, out: Path, scale: str, seed: int = 0) ->
                                              latency_reps=5, register_name=None), off, out / "ranker")
     del rds
     qds = load_retrieval_dataset(data_dir, "streamer")
-    rt = train_retrieval(qds, RetrievalTrainConfig(model="grank", max_steps=steps, eval_every=0, seed=seed,
-                                                   progress=False, register_name=None), off, out / "retriever")
+    rcfg = RetrievalTrainConfig(model="grank", max_steps=steps, seed=seed, progress=False)
+    retriever = export_retriever(fit_retriever(qds, rcfg).model, qds, retriever_config(qds, rcfg), out / "retriever")
     del qds
     job = train_allocator_job(data_dir, AllocatorTrainConfig(policy="slmgac", steps=steps * 10, seed=seed), off,
                               n_log_sessions=1_000, n_true_sessions=1_000, export_dir=out / "policy")
-    return ServedModels(str(rt.export_dir), str(rk.export_dir), str(job.export_dir))
+    return ServedModels(str(retriever), str(rk.export_dir), str(job.export_dir))
 
 
 def serve_command(models: dict[str, str], port: int, warm_data: Path | None = None, warm_until: int | None = None,

@@ -288,6 +288,17 @@ def retrieve_live(model: torch.nn.Module, ds: RetrievalDataset, user_rows: np.nd
     return LiveRetrieval(items=items, scores=scores, live_at_t=len(index), updates=updates)
 
 
+def export_retriever(model: torch.nn.Module, ds: RetrievalDataset, rcfg: RetrieverConfig, out: str | Path,
+                     metrics: dict[str, float] | None = None) -> Path:
+    """Write the serving export of a trained retriever (see :mod:`models.retrieval.export`)."""
+    from models.retrieval.export import save_retriever
+
+    meta = {"model": rcfg.model, "granularity": ds.granularity, "behaviour_len": ds.behaviour_len,
+            "metrics": dict(metrics or {})}
+    return save_retriever(model, rcfg, catalog_sizes(ds), Path(out), ds.catalog, ds.user_index, ds.profile_vocab,
+                          ds.user_profile, meta=meta)
+
+
 def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: TrackingConfig,
                     export_dir: str | Path | None = None) -> RetrievalTrainResult:
     """Fit, evaluate on test (sampled protocol and the full live pool), export, and log it all to one MLflow run
@@ -318,14 +329,8 @@ def train_retrieval(ds: RetrievalDataset, cfg: RetrievalTrainConfig, tracking: T
             plt.close(fig)
         if res.model is None:
             return res
-        from models.retrieval.export import save_retriever
-
         out = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="retriever-export-"))
-        meta = {"model": cfg.model, "granularity": ds.granularity, "behaviour_len": ds.behaviour_len,
-                "metrics": dict(res.metrics)}
-        save_retriever(res.model, rcfg, catalog_sizes(ds), out, ds.catalog, ds.user_index, ds.profile_vocab,
-                       ds.user_profile, meta=meta)
-        res.export_dir = out
+        res.export_dir = export_retriever(res.model, ds, rcfg, out, res.metrics)
         if tr.run is not None:
             from pipelines.retrieval_registry import log_retriever_model
 
@@ -343,4 +348,4 @@ def load_retrieval_dataset(data_dir: str | Path, granularity: str = "streamer", 
 
 
 __all__ = ["RetrievalTrainConfig", "RetrievalTrainResult", "RetrieverConfig", "evaluate_retriever", "fit_retriever",
-           "load_retrieval_dataset", "score_candidates", "set_alias", "train_retrieval"]
+           "export_retriever", "load_retrieval_dataset", "score_candidates", "set_alias", "train_retrieval"]

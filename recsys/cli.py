@@ -518,8 +518,8 @@ def serve_config(args: argparse.Namespace, cfg: PlatformConfig) -> Any:
         return ServeConfig(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "config"
-        raise CliError(f"--{field.replace('_', '-')}: {first['msg']}", 2) from exc
+        where = f"--{str(first['loc'][0]).replace('_', '-')}: " if first["loc"] else ""
+        raise CliError(f"{where}{first['msg']}", 2) from exc
 
 
 def cmd_serve(args: argparse.Namespace, cfg: PlatformConfig) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 from models.ranking.export import LoadedRanker
 from models.retrieval.export import LoadedRetriever
 from recsys.data.ranking import (
+    CONTEXT_COLUMNS,
     PRIOR_CTR,
     PRIOR_N,
     CategoricalVocab,
@@ -130,6 +131,9 @@ class RankingEncoder:
         self.spec = ranker.model.spec
         self.tables = ranker.tables
         self.context_ids = _value_ids(self.spec.context_vocab)
+        if tuple(self.spec.context_vocab.columns) != CONTEXT_COLUMNS:
+            raise ValueError(f"the ranker's context columns {self.spec.context_vocab.columns} are not "
+                             f"{CONTEXT_COLUMNS}")
         self.columns = [c for cols in self.spec.dense_features.values() for c in cols]
         unknown = sorted(set(self.columns) - set(DENSE_SOURCES))
         if unknown:
@@ -137,12 +141,14 @@ class RankingEncoder:
 
     def _context(self, rooms: Sequence[LiveRoom], now: int) -> np.ndarray:
         hour, weekday = hour_weekday(now)
-        out = np.zeros((len(rooms), len(self.context_ids)), np.int64)
-        for i, r in enumerate(rooms):
-            cat = r.category if r.category and r.category != "<unk>" else "<null>"
-            age = age_bucket(np.array([(now - r.start) / MS_PER_MINUTE]))[0]
-            values = (str(r.live_type), cat, str(hour), str(weekday), str(int(age)))
-            out[i] = [ids.get(v, 0) for ids, v in zip(self.context_ids, values)]
+        ltype, cat, hid, wid, aid = self.context_ids
+        ages = age_bucket(np.array([(now - r.start) / MS_PER_MINUTE for r in rooms], np.float64))
+        out = np.empty((len(rooms), 5), np.int64)
+        out[:, 0] = [ltype.get(str(r.live_type), 0) for r in rooms]
+        out[:, 1] = [cat.get(r.category if r.category and r.category != "<unk>" else "<null>", 0) for r in rooms]
+        out[:, 2] = hid.get(str(hour), 0)
+        out[:, 3] = wid.get(str(weekday), 0)
+        out[:, 4] = [aid.get(str(int(a)), 0) for a in ages]
         return out
 
     def _history(self, state: UserState, b: int) -> tuple[dict, dict, np.ndarray]:

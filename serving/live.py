@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.retrieval.export import LoadedRetriever
-from recsys.mips import make_index
+from recsys.mips import faiss_has_gpu, make_index
 from recsys.stream.features import LiveRoom
 
 
@@ -39,7 +39,11 @@ class LiveCatalog:
         self.device = torch.device(device)
         with torch.no_grad():
             dim = int(retriever.model.item_vectors(torch.ones(1, dtype=torch.long, device=self.device)).shape[-1])
-        self.index = make_index(backend, dim)
+        # the index lives on the models' device: CUDA MIPS (torch, or faiss with a GPU build) when there is a GPU
+        device_kind = "cuda" if self.device.type == "cuda" else "cpu"
+        if backend == "faiss" and device_kind == "cuda" and not faiss_has_gpu():
+            device_kind = "cpu"
+        self.index = make_index(backend, dim, device=str(self.device) if backend == "torch" else device_kind)
         self.rooms: dict[int, LiveRoom] = {}  # live_id -> room
         self._item_rooms: dict[int, list[LiveRoom]] = {}  # item row -> its live rooms, latest start first
         self.popularity: dict[int, int] = {}  # live_id -> recent entries at the last sync (for the fallback)

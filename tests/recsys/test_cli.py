@@ -390,3 +390,23 @@ def test_train_allocator_without_truth_names_the_missing_file(data_dir: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "allocator", "--data", str(data_dir), "--no-mlflow"]) == 1
     assert "truth/users.parquet not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------- serve
+def test_serve_rejects_a_missing_export_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--retriever", str(tmp_path / "nope")]) == 2
+    assert "--retriever" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--k1", "10", "--k2", "20"], "k2 (20) must not exceed k1 (10)"),
+    (["--k1", "0"], "--k1"),
+    (["--warm-until", "yesterday"], "--warm-until"),
+    (["--max-batch", "0"], "--max-batch"),
+])
+def test_serve_names_the_bad_flag(tmp_path: Path, argv: list[str], needle: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "retriever.json").write_text("{}")
+    assert main(["serve", "--retriever", str(tmp_path / "r"), *argv]) == 2
+    assert needle in capsys.readouterr().err
