@@ -141,3 +141,27 @@ def test_redis_stopped_mid_load_degrades_without_5xx(private_redis: PrivateRedis
             time.sleep(0.1)
         assert not body["fallback"] and body["items"]
         assert wait_ready(client)["_status"] == 200
+
+        # a hot reload under load on the Redis-backed service: no request fails
+        statuses: list[int] = []
+        stop.clear()
+
+        def steady() -> None:
+            i = 0
+            while not stop.is_set():
+                statuses.append(client.post("/v1/recommend", json={"user_id": 1 + i % 40, "time_ms": SERVE_TIME})
+                                .status_code)
+                i += 1
+
+        workers = [threading.Thread(target=steady) for _ in range(3)]
+        for w in workers:
+            w.start()
+        try:
+            for _ in range(2):
+                r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+                assert r.status_code == 200 and r.json()["index_items"] > 0, r.text
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        assert statuses and set(statuses) == {200}
