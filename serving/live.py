@@ -47,6 +47,7 @@ class LiveCatalog:
         self.rooms: dict[int, LiveRoom] = {}  # live_id -> room
         self._item_rooms: dict[int, list[LiveRoom]] = {}  # item row -> its live rooms, latest start first
         self.popularity: dict[int, int] = {}  # live_id -> recent entries at the last sync (for the fallback)
+        self.latest_start: int | None = None  # the stream's event time as the live set shows it
         self._sync_lock = threading.Lock()
 
     def item_rows(self, rooms: Sequence[LiveRoom]) -> np.ndarray:
@@ -77,6 +78,7 @@ class LiveCatalog:
             # it and drops it
             self._item_rooms = by_item
             self.rooms = {r.live_id: r for r in rooms}
+            self.latest_start = max((r.start for r in rooms), default=None)
             if popularity is not None:
                 self.popularity = popularity
             if gone.size:

@@ -95,8 +95,8 @@ class Recommender:
         """The stream's event time: the latest room start in the live set (wall clock when nothing is live)."""
         if self.clock is not None:
             return int(self.clock())
-        starts = [r.start for r in bundle.catalog.rooms.values()]
-        return max(starts) if starts else int(time.time() * 1000)
+        latest = bundle.catalog.latest_start
+        return latest if latest is not None else int(time.time() * 1000)
 
     # --------------------------------------------------------------------------------------------------- stages
     def _retrieve(self, b: ServingBundle, jobs: list[_Job]) -> tuple[QueryBatch, torch.Tensor]:

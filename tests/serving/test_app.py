@@ -166,3 +166,10 @@ def test_bodies_json_cannot_echo_are_still_a_422(client: TestClient, raw: bytes)
     r = client.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"]
+
+
+def test_default_time_is_the_streams_event_time(client: TestClient, tiny_data) -> None:
+    rooms = tiny_data.tables["rooms"]
+    live = rooms.filter((rooms["start_timestamp"] <= SERVE_TIME) & (rooms["end_timestamp"] > SERVE_TIME))
+    body = client.post("/v1/recommend", json={"user_id": 4}).json()
+    assert body["time_ms"] == int(live["start_timestamp"].max())  # the latest room start the stream has shown
