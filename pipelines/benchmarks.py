@@ -427,6 +427,63 @@ def _stage_means(prometheus_text: str) -> dict[str, float]:
     return {f"stage.{k}.mean_ms": 1e3 * sums[k] / counts[k] for k in sums if counts.get(k)}
 
 
+#: Budget of ``bench train``: the global batch and the steps of every launch (1 and 2 processes, same data).
+TRAIN_BUDGET: dict[str, dict[str, int]] = {
+    "tiny": {"batch_size": 256, "steps": 30},
+    "small": {"batch_size": 2048, "steps": 30},
+    "full": {"batch_size": 4096, "steps": 50},
+}
+
+
+def bench_train(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
+                model: str = "tokenmixer") -> tuple[str, dict[str, Any]]:
+    """Distributed ranker training (:mod:`pipelines.train_distributed` under torchrun: TorchRec DMP with table-wise
+    sharding + DDP) with 1 and 2 processes on CPU (gloo, one OpenMP thread per process), same global batch and steps.
+
+    Keys: ``p<N>.samples_per_s`` (global training samples per second, the first step excluded), ``p<N>.wall_s`` (the
+    whole launch, dataset build included), ``p<N>.final_loss``, ``speedup`` (p2 / p1 samples/s),
+    ``loss_max_rel_diff`` (largest relative difference of the two runs' per-step losses: same data and weights, so
+    float summation noise, which the TokenMixer's top-k routing amplifies over the steps: ~1e-4 after 30 steps on
+    small, as for one process with its batch rows reordered),
+    ``steps`` and ``global_batch``. With CUDA, ``cuda.p1.*`` (one GPU, NCCL), and ``cuda.p2.*`` / ``cuda.speedup``
+    when two GPUs are visible.
+    """
+    import torch
+
+    from pipelines.train_distributed import launch
+
+    cfg = cfg or PlatformConfig()
+    budget = TRAIN_BUDGET[scale]
+    metrics: dict[str, Any] = {"steps": budget["steps"], "global_batch": budget["batch_size"],
+                               "threads_per_process": 1}
+    with tempfile.TemporaryDirectory(prefix=f"recsys-bench-train-{scale}-") as tmp:
+        data_dir = _synthetic_dir(scale, cfg, seed, tmp)
+        base = ["--data", str(data_dir), "--model", model, "--steps", str(budget["steps"]),
+                "--batch-size", str(budget["batch_size"]), "--seed", str(seed), "--no-mlflow", "--predict-rows", "0"]
+        runs = [("", 1, "cpu"), ("", 2, "cpu")]
+        if torch.cuda.is_available():
+            runs.append(("cuda.", 1, "cuda"))
+            if torch.cuda.device_count() >= 2:
+                runs.append(("cuda.", 2, "cuda"))
+        losses: dict[str, list[float]] = {}
+        for prefix, nproc, device in runs:
+            t0 = time.perf_counter()
+            res = launch(nproc, [*base, "--device", device], Path(tmp) / f"{device}-p{nproc}", timeout_s=1800)
+            key = f"{prefix}p{nproc}"
+            metrics[f"{key}.samples_per_s"] = res["samples_per_s"]
+            metrics[f"{key}.wall_s"] = time.perf_counter() - t0
+            metrics[f"{key}.final_loss"] = res["losses"][-1]
+            losses[key] = res["losses"]
+            log.info("bench train %s: %d process(es), %.0f samples/s, final loss %.4f", device, nproc,
+                     res["samples_per_s"], res["losses"][-1])
+    metrics["speedup"] = metrics["p2.samples_per_s"] / metrics["p1.samples_per_s"]
+    a, b = np.asarray(losses["p1"]), np.asarray(losses["p2"])
+    metrics["loss_max_rel_diff"] = float(np.max(np.abs(a - b) / np.abs(a)))
+    if "cuda.p2.samples_per_s" in metrics:
+        metrics["cuda.speedup"] = metrics["cuda.p2.samples_per_s"] / metrics["cuda.p1.samples_per_s"]
+    return "cuda" if torch.cuda.is_available() else "cpu", metrics
+
+
 #: name -> function(scale, cfg) -> (device, metrics)
 BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "synth": bench_synth,
@@ -437,6 +494,7 @@ BENCHMARKS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "tpp": bench_tpp,
     "allocation": bench_allocation,
     "serve": bench_serve,
+    "train": bench_train,
 }
 
 __all__ = ["BENCHMARKS", "bench_synth"]

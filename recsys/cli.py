@@ -221,6 +221,31 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
+def cmd_train_ranker_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    """``torchrun --nproc_per_node N -m pipelines.train_distributed ...`` (see that module for multi-node launches)."""
+    import subprocess
+
+    job = importlib.import_module("pipelines.train_distributed")
+    if args.nproc < 1:
+        raise CliError(f"--nproc must be >= 1, got {args.nproc}", 2)
+    forward = ["--data", str(_data_dir(args, cfg)), "--out", args.out or f"runs/ranker-dist/{args.model}",
+               "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--seed", str(args.seed), "--sharding", args.sharding, "--device", args.device]
+    if args.config:
+        forward += ["--config", args.config]
+    if args.no_mlflow:
+        forward.append("--no-mlflow")
+    cmd = job.torchrun_command(args.nproc, forward)
+    print(" ".join(cmd), flush=True)
+    env = dict(os.environ)
+    if args.device != "cuda":
+        env.setdefault("OMP_NUM_THREADS", "1")  # N CPU processes: one OpenMP thread each unless told otherwise
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise CliError(f"distributed training failed (exit code {rc})", 1)
+    return 0
+
+
 def _json_object(flag: str, text: str | None, example: str) -> dict[str, Any]:
     """A ``--flag '{...}'`` JSON object (empty when not given)."""
     try:
@@ -630,6 +655,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-mlflow", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_train_ranker)
+    rd = tsub.add_parser("ranker-dist", help="the ranker on N processes with torchrun (TorchRec sharded tables + DDP)")
+    rd.add_argument("--nproc", type=int, default=2, help="processes on this machine (one per GPU; gloo on CPU)")
+    rd.add_argument("--model", choices=RANKER_MODELS, default="tokenmixer")
+    rd.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+    rd.add_argument("--steps", type=int, default=100)
+    rd.add_argument("--batch-size", type=int, default=2048, help="global batch size")
+    rd.add_argument("--seed", type=int, default=0)
+    rd.add_argument("--sharding", choices=["table_wise", "column_wise", "row_wise"], default="table_wise")
+    rd.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    rd.add_argument("--out", help="export directory (default: runs/ranker-dist/<model>)")
+    rd.add_argument("--no-mlflow", action="store_true")
+    rd.set_defaults(func=cmd_train_ranker_dist)
     rt = tsub.add_parser("retrieval", help="GRank retrieval and baselines on the leave-one-out top-K protocol")
     rt.add_argument("--model", choices=RETRIEVAL_MODELS, default="grank")
     rt.add_argument("--granularity", choices=["streamer", "room"], default="streamer")
