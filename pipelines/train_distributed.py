@@ -211,8 +211,8 @@ def resolve_sparse_optimizer(name: str, device_type: str) -> str:
     if name == "auto":
         return "rowwise_adagrad" if device_type == "cpu" else "adam"
     if device_type == "cpu" and name not in CPU_FUSED_OPTIMIZERS:
-        raise ValueError(f"--sparse-optimizer {name} is not available on CPU: FBGEMM's fused CPU kernel implements only "
-                         f"{', '.join(sorted(CPU_FUSED_OPTIMIZERS))}")
+        raise ValueError(f"--sparse-optimizer {name} is not available on CPU: FBGEMM's fused CPU kernel "
+                         f"implements only {', '.join(sorted(CPU_FUSED_OPTIMIZERS))}")
     return name
 
 
@@ -564,7 +564,8 @@ def config_from_args(args: argparse.Namespace) -> DistTrainConfig:
     cfg = DistTrainConfig(data=args.data, out=args.out, model=args.model, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, embedding_lr=args.embedding_lr,
                           weight_decay=args.weight_decay, seed=args.seed, sharding=args.sharding,
-                          sparse_optimizer=args.sparse_optimizer, device=args.device, mlflow=not args.no_mlflow, config=args.config,
+                          sparse_optimizer=args.sparse_optimizer, device=args.device, mlflow=not args.no_mlflow,
+                          config=args.config,
                           predict_rows=args.predict_rows, register_name=args.register or None, overrides=overrides)
     RankerConfig.for_model(cfg.model, **dict(overrides))  # a bad --backbone fails before any process group work
     if not Path(cfg.data).is_dir():

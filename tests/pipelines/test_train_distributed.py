@@ -100,7 +100,8 @@ def test_sharded_loss_adds_up_to_the_single_process_loss(tiny_ranking) -> None:
     sub = rank_rows(rows, 0, 2)
     with torch.no_grad():
         o = model(to_input(ds.arrays(sub)))
-        naive = multitask_loss(o.heads, labels_of(sub), cfg.losses, [model.heads.click_logit(a) for a in o.backbone.aux])
+        aux = [model.heads.click_logit(a) for a in o.backbone.aux]
+        naive = multitask_loss(o.heads, labels_of(sub), cfg.losses, aux)
     assert float(naive.total) != pytest.approx(float(ref.total), rel=1e-3)
 
 
