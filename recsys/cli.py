@@ -246,6 +246,39 @@ def cmd_train_ranker_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
+def cmd_train_retrieval_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    """``torchrun --nproc_per_node N -m pipelines.train_retrieval_distributed ...`` (GRank replicated by DDP; see that
+    module for multi-node launches)."""
+    import subprocess
+
+    job = importlib.import_module("pipelines.train_retrieval_distributed")
+    if args.nproc < 1:
+        raise CliError(f"--nproc must be >= 1, got {args.nproc}", 2)
+    options = _json_object("--options", args.options, '{"dim": 128}')
+    out = args.out or f"runs/retrieval-dist/{args.model}-{args.granularity}"
+    forward = ["--data", str(_data_dir(args, cfg)), "--out", out, "--model", args.model,
+               "--granularity", args.granularity, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--negatives", str(args.negatives), "--lr", str(args.lr), "--seed", str(args.seed),
+               "--device", args.device]
+    if options:
+        forward += ["--options", json.dumps(options)]
+    if args.evaluate:
+        forward.append("--evaluate")
+    if args.config:
+        forward += ["--config", args.config]
+    if args.no_mlflow:
+        forward.append("--no-mlflow")
+    cmd = job.torchrun_command(args.nproc, forward)
+    print(" ".join(cmd), flush=True)
+    env = dict(os.environ)
+    if args.device != "cuda":
+        env.setdefault("OMP_NUM_THREADS", "1")  # N CPU processes: one OpenMP thread each unless told otherwise
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise CliError(f"distributed training failed (exit code {rc})", 1)
+    return 0
+
+
 def _json_object(flag: str, text: str | None, example: str) -> dict[str, Any]:
     """A ``--flag '{...}'`` JSON object (empty when not given)."""
     try:
@@ -667,6 +700,23 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--out", help="export directory (default: runs/ranker-dist/<model>)")
     rd.add_argument("--no-mlflow", action="store_true")
     rd.set_defaults(func=cmd_train_ranker_dist)
+    rrd = tsub.add_parser("retrieval-dist", help="GRank retrieval on N processes with torchrun (DDP, gloo / NCCL)")
+    rrd.add_argument("--nproc", type=int, default=2, help="processes on this machine (one per GPU; gloo on CPU)")
+    rrd.add_argument("--model", choices=[m for m in RETRIEVAL_MODELS if m not in ("two_tower", "popularity")],
+                     default="grank")
+    rrd.add_argument("--granularity", choices=["streamer", "room"], default="streamer")
+    rrd.add_argument("--data", help="dataset directory (default: data/kuailive, else data/synthetic/<scale>)")
+    rrd.add_argument("--options", help="JSON overrides of the model config, e.g. '{\"dim\": 128, \"dropout\": 0.0}'")
+    rrd.add_argument("--steps", type=int, default=100)
+    rrd.add_argument("--batch-size", type=int, default=256, help="global anchors per step")
+    rrd.add_argument("--negatives", type=int, default=255, help="live-at-t negatives per training anchor")
+    rrd.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    rrd.add_argument("--seed", type=int, default=0)
+    rrd.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    rrd.add_argument("--evaluate", action="store_true", help="rank 0 evaluates the trained model on the test split")
+    rrd.add_argument("--out", help="export directory (default: runs/retrieval-dist/<model>-<granularity>)")
+    rrd.add_argument("--no-mlflow", action="store_true")
+    rrd.set_defaults(func=cmd_train_retrieval_dist)
     rt = tsub.add_parser("retrieval", help="GRank retrieval and baselines on the leave-one-out top-K protocol")
     rt.add_argument("--model", choices=RETRIEVAL_MODELS, default="grank")
     rt.add_argument("--granularity", choices=["streamer", "room"], default="streamer")

@@ -111,14 +111,15 @@ def test_reload_with_a_bad_reference_keeps_the_serving_models(client: TestClient
     assert client.post("/v1/recommend", json={"user_id": 1, "time_ms": SERVE_TIME}).status_code == 200
 
 
-def test_reload_under_load_fails_no_request(client: TestClient) -> None:
+def reload_under_load(client: TestClient, reloads: int = 2, users: int = 50) -> list[int]:
+    """Reload ``reloads`` times (each must succeed) while three threads send requests; the requests' statuses."""
     statuses: list[int] = []
     stop = threading.Event()
 
     def load() -> None:
         i = 0
         while not stop.is_set():
-            statuses.append(client.post("/v1/recommend", json={"user_id": 1 + i % 50, "time_ms": SERVE_TIME})
+            statuses.append(client.post("/v1/recommend", json={"user_id": 1 + i % users, "time_ms": SERVE_TIME})
                             .status_code)
             i += 1
 
@@ -126,7 +127,7 @@ def test_reload_under_load_fails_no_request(client: TestClient) -> None:
     for w in workers:
         w.start()
     try:
-        for _ in range(2):
+        for _ in range(reloads):
             r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
             assert r.status_code == 200, r.text
             assert r.json()["index_items"] > 0
@@ -134,6 +135,11 @@ def test_reload_under_load_fails_no_request(client: TestClient) -> None:
         stop.set()
         for w in workers:
             w.join()
+    return statuses
+
+
+def test_reload_under_load_fails_no_request(client: TestClient) -> None:
+    statuses = reload_under_load(client)
     assert statuses and set(statuses) == {200}
     assert 'recsys_reloads_total{result="ok"} 2.0' in client.get("/metrics").text
 

@@ -20,7 +20,7 @@ from recsys.store.redis_store import RedisStore
 from recsys.stream.embedded import replay_into_store
 from serving.app import create_app
 from tests.serving.conftest import SERVE_TIME
-from tests.serving.test_app import wait_ready
+from tests.serving.test_app import reload_under_load, wait_ready
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("torch_one_thread")]
 NAMESPACE = "srv:"
@@ -143,25 +143,5 @@ def test_redis_stopped_mid_load_degrades_without_5xx(private_redis: PrivateRedis
         assert wait_ready(client)["_status"] == 200
 
         # a hot reload under load on the Redis-backed service: no request fails
-        statuses: list[int] = []
-        stop.clear()
-
-        def steady() -> None:
-            i = 0
-            while not stop.is_set():
-                statuses.append(client.post("/v1/recommend", json={"user_id": 1 + i % 40, "time_ms": SERVE_TIME})
-                                .status_code)
-                i += 1
-
-        workers = [threading.Thread(target=steady) for _ in range(3)]
-        for w in workers:
-            w.start()
-        try:
-            for _ in range(2):
-                r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
-                assert r.status_code == 200 and r.json()["index_items"] > 0, r.text
-        finally:
-            stop.set()
-            for w in workers:
-                w.join()
+        statuses = reload_under_load(client, users=40)
         assert statuses and set(statuses) == {200}
