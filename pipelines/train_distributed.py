@@ -81,6 +81,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,8 +278,15 @@ def shard_model(model: Ranker, env: DistEnv, sharding: str, local_batch: int) ->
     """``DistributedModelParallel`` over ``model`` with every table constrained to ``sharding``; returns the DMP
     and ``{module.table: "sharding_type/compute_kernel ranks"}``."""
     from torchrec.distributed.comm_ops import set_gradient_division
-    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.model_parallel import (
+        DefaultDataParallelWrapper,
+        DistributedModelParallel,
+    )
+    from torchrec.distributed.planner import (
+        EmbeddingShardingPlanner,
+        ParameterConstraints,
+        Topology,
+    )
     from torchrec.distributed.sharding_plan import get_default_sharders
     from torchrec.distributed.types import ShardingEnv
 
@@ -489,19 +497,20 @@ def train_distributed(cfg: DistTrainConfig, env: DistEnv | None = None) -> DistT
 # =============================================================================
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m pipelines.train_distributed ARGS``
-    (``--standalone``: a local rendezvous on a free port, so several launches can run side by side)."""
+def torchrun_command(nproc: int, args: list[str], module: str = "pipelines.train_distributed") -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE ARGS`` (``--standalone``: a local
+    rendezvous on a free port, so several launches can run side by side)."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "pipelines.train_distributed", *args]
+            "-m", module, *args]
 
 
 def launch(nproc: int, args: list[str], out: str | Path, timeout_s: float = 600, threads: int | None = 1,
-           env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run the trainer under torchrun with ``nproc`` processes (``--out`` is appended) and return its
-    ``train_distributed.json``; ``threads`` sets OMP_NUM_THREADS per process. Raises ``RuntimeError`` with the
+           env: dict[str, str] | None = None, module: str = "pipelines.train_distributed",
+           result_file: str = RESULT_FILE) -> dict[str, Any]:
+    """Run a distributed trainer ``module`` under torchrun with ``nproc`` processes (``--out`` is appended) and
+    return its ``result_file``; ``threads`` sets OMP_NUM_THREADS per process. Raises ``RuntimeError`` with the
     output tail when the launch fails."""
     import subprocess
 
@@ -510,12 +519,37 @@ def launch(nproc: int, args: list[str], out: str | Path, timeout_s: float = 600,
         full_env["OMP_NUM_THREADS"] = str(threads)
     root = Path(__file__).resolve().parents[1]
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
-    cmd = torchrun_command(nproc, [*args, "--out", str(out)])
+    cmd = torchrun_command(nproc, [*args, "--out", str(out)], module)
     proc = subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{tail}")
-    return json.loads((Path(out) / RESULT_FILE).read_text())
+    return json.loads((Path(out) / result_file).read_text())
+
+
+def run_entry(argv: list[str] | None, parser: argparse.ArgumentParser, to_config: Callable[[argparse.Namespace], Any],
+              train: Callable[[Any, DistEnv], Any], logger: logging.Logger) -> int:
+    """The body of a distributed trainer's ``main``: rank-aware logging, flags -> config (usage errors exit 2),
+    process group, training, and the process group torn down whatever happens."""
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        force=True)  # torchrec / FBGEMM log every table batch at INFO on the root logger
+    logger.setLevel(logging.INFO if rank == "0" else logging.WARNING)
+    args = parser.parse_args(argv)
+    try:
+        cfg = to_config(args)
+        env = init_distributed(cfg.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        train(cfg, env)
+    except ValueError as exc:
+        print(f"error (rank {env.rank}): {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
 
 
 # =============================================================================
@@ -541,25 +575,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-optimizer", choices=SPARSE_OPTIMIZERS, default="auto",
                    help="embedding optimizer, fused in backward (auto: adam, or rowwise_adagrad for sharded tables "
                         "on CPU, where FBGEMM has no fused Adam)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: one GPU per process with NCCL when CUDA is available, else CPU with gloo")
     p.add_argument("--backbone", help="JSON overrides of the backbone config, e.g. '{\"dim\": 64}'")
     p.add_argument("--predict-rows", type=int, default=256, help="validation rows scored at the end (export check)")
+    add_launch_flags(p)
+    return p
+
+
+def add_launch_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every distributed trainer shares: device, platform config, registry name, MLflow switch."""
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: one GPU per process with NCCL when CUDA is available, else CPU with gloo")
     p.add_argument("--config", help="platform config YAML (MLflow tracking URI / experiment)")
     p.add_argument("--register", default="", help="MLflow registered model name ('' = do not register)")
     p.add_argument("--no-mlflow", action="store_true", help="no MLflow run (rank 0 is the only one that logs)")
-    return p
+
+
+def json_object(flag: str, text: str | None) -> dict[str, Any]:
+    """A ``--flag '{...}'`` JSON object (empty when not given); ``ValueError`` naming the flag otherwise."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> DistTrainConfig:
     overrides: dict[str, Any] = {}
-    if args.backbone:
-        try:
-            backbone = json.loads(args.backbone)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--backbone is not valid JSON: {exc}") from None
-        if not isinstance(backbone, dict):
-            raise ValueError("--backbone must be a JSON object")
+    backbone = json_object("--backbone", args.backbone)
+    if backbone:
         overrides["backbone"] = backbone
     cfg = DistTrainConfig(data=args.data, out=args.out, model=args.model, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, embedding_lr=args.embedding_lr,
@@ -574,29 +621,7 @@ def config_from_args(args: argparse.Namespace) -> DistTrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-                        force=True)  # torchrec / FBGEMM log every table batch at INFO on the root logger
-    log.setLevel(logging.INFO if rank == "0" else logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        env = init_distributed(cfg.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        train_distributed(cfg, env)
-    except ValueError as exc:
-        print(f"error (rank {env.rank}): {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_entry(argv, build_parser(), config_from_args, train_distributed, log)
 
 
 if __name__ == "__main__":

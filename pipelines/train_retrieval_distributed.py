@@ -1,20 +1,12 @@
 """Distributed training of the GRank retriever (and its variants) with ``torchrun``: DDP replicates the whole model.
 
-Launch (one process per GPU, or N CPU processes with gloo)::
+Launch exactly as :mod:`pipelines.train_distributed` (same torchrun forms for CPU, one GPU node and several nodes)
+with ``-m pipelines.train_retrieval_distributed``, e.g.::
 
-    # CPU, 2 processes on one machine (gloo); keep one OpenMP thread per process
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m pipelines.train_retrieval_distributed \\
         --data data/synthetic/small --model grank --steps 500 --batch-size 512 --out runs/retrieval-dist
 
-    # one node with 8 GPUs (NCCL, picked automatically when CUDA is available)
-    torchrun --standalone --nproc_per_node 8 -m pipelines.train_retrieval_distributed \\
-        --data data/kuailive --model grank --steps 5000 --batch-size 4096 --out runs/retrieval-dist
-
-    # two nodes: the same command on each, with the node's rank and one reachable rendezvous host
-    torchrun --nnodes 2 --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:29400 --nproc_per_node 8 \\
-        -m pipelines.train_retrieval_distributed --data ... --out ...
-
-``recsys train retrieval-dist --nproc 2 --data DIR --steps N`` runs the first form (``OMP_NUM_THREADS=1`` unless set).
+``recsys train retrieval-dist --nproc 2 --data DIR --steps N`` runs this form (``OMP_NUM_THREADS=1`` unless set).
 ``--batch-size`` is the *global* number of training anchors per step. Launched without torchrun, the module runs as a
 world of one (the reference the multi-process runs are compared with).
 
@@ -80,7 +72,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -94,7 +85,14 @@ from torch import Tensor, nn
 
 from models.retrieval.inputs import QueryBatch
 from models.retrieval.registry import RETRIEVERS, RetrieverConfig
-from pipelines.train_distributed import DistEnv, global_batches, init_distributed, rank_rows
+from pipelines import train_distributed as dist_ranker
+from pipelines.train_distributed import (
+    DistEnv,
+    DistTrainResult,
+    global_batches,
+    init_distributed,
+    rank_rows,
+)
 from recsys.data.retrieval import RetrievalDataset
 
 log = logging.getLogger("pipelines.train_retrieval_distributed")
@@ -221,14 +219,6 @@ def check_queries(ds: RetrievalDataset, n: int) -> tuple[np.ndarray, np.ndarray]
 # =============================================================================
 
 
-@dataclass
-class DistRetrievalResult:
-    losses: list[float]
-    samples_per_s: float
-    summary: dict[str, Any]
-    export_dir: Path | None = None
-
-
 def _replica_max_abs_diff(model: nn.Module) -> float:
     """Largest |parameter difference| between any rank and rank 0 (a collective; 0.0 when DDP keeps the replicas
     in step)."""
@@ -240,7 +230,7 @@ def _replica_max_abs_diff(model: nn.Module) -> float:
     return float(diff.item())
 
 
-def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = None) -> DistRetrievalResult:
+def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = None) -> DistTrainResult:
     """Run the training on this rank (call on every rank of an initialised process group, e.g. under torchrun)."""
     from models.retrieval.inputs import catalog_tensors
     from models.retrieval.registry import build_retriever
@@ -369,7 +359,7 @@ def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = 
                     summary["model_version"] = log_retriever_model(export_dir, model, ds, cfg.register_name)
             log.info("done: %d steps, %.0f anchors/s, replica max |diff| %.3g, export %s", len(batches), sps,
                      replica_diff, export_dir)
-    return DistRetrievalResult(losses=losses, samples_per_s=sps, summary=summary, export_dir=export_dir)
+    return DistTrainResult(losses=losses, samples_per_s=sps, summary=summary, export_dir=export_dir)
 
 
 # =============================================================================
@@ -377,33 +367,18 @@ def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = 
 # =============================================================================
 
 
+MODULE = "pipelines.train_retrieval_distributed"
+
+
 def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m pipelines.train_retrieval_distributed
-    ARGS`` (``--standalone``: a local rendezvous on a free port, so several launches can run side by side)."""
-    if nproc < 1:
-        raise ValueError(f"nproc must be >= 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "pipelines.train_retrieval_distributed", *args]
+    """``torchrun --standalone --nproc_per_node N -m pipelines.train_retrieval_distributed ARGS``."""
+    return dist_ranker.torchrun_command(nproc, args, MODULE)
 
 
 def launch(nproc: int, args: list[str], out: str | Path, timeout_s: float = 600, threads: int | None = 1,
            env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run the trainer under torchrun with ``nproc`` processes (``--out`` is appended) and return its
-    ``train_retrieval_distributed.json``; ``threads`` sets OMP_NUM_THREADS per process. Raises ``RuntimeError``
-    with the output tail when the launch fails."""
-    import subprocess
-
-    full_env = {**os.environ, **(env or {})}
-    if threads is not None:
-        full_env["OMP_NUM_THREADS"] = str(threads)
-    root = Path(__file__).resolve().parents[1]
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
-    cmd = torchrun_command(nproc, [*args, "--out", str(out)])
-    proc = subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{tail}")
-    return json.loads((Path(out) / RESULT_FILE).read_text())
+    """This trainer under torchrun (see :func:`pipelines.train_distributed.launch`); returns its result JSON."""
+    return dist_ranker.launch(nproc, args, out, timeout_s, threads, env, module=MODULE, result_file=RESULT_FILE)
 
 
 # =============================================================================
@@ -427,27 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--clip-norm", type=float, default=10.0, help="gradient-norm clipping (of the global gradient)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: one GPU per process with NCCL when CUDA is available, else CPU with gloo")
     p.add_argument("--options", help="JSON overrides of the model config, e.g. '{\"dim\": 128, \"dropout\": 0.0}'")
     p.add_argument("--check-users", type=int, default=64,
                    help="validation queries whose user vectors are recorded (export check)")
     p.add_argument("--evaluate", action="store_true", help="rank 0 evaluates the trained model on the test split")
-    p.add_argument("--config", help="platform config YAML (MLflow tracking URI / experiment)")
-    p.add_argument("--register", default="", help="MLflow registered model name ('' = do not register)")
-    p.add_argument("--no-mlflow", action="store_true", help="no MLflow run (rank 0 is the only one that logs)")
+    dist_ranker.add_launch_flags(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> DistRetrievalConfig:
-    options: dict[str, Any] = {}
-    if args.options:
-        try:
-            options = json.loads(args.options)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--options is not valid JSON: {exc}") from None
-        if not isinstance(options, dict):
-            raise ValueError("--options must be a JSON object")
+    options = dist_ranker.json_object("--options", args.options)
     try:
         cfg = DistRetrievalConfig(
             data=args.data, out=args.out, model=args.model, granularity=args.granularity, steps=args.steps,
@@ -465,29 +429,7 @@ def config_from_args(args: argparse.Namespace) -> DistRetrievalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-                        force=True)
-    log.setLevel(logging.INFO if rank == "0" else logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        env = init_distributed(cfg.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        train_retrieval_distributed(cfg, env)
-    except ValueError as exc:
-        print(f"error (rank {env.rank}): {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return dist_ranker.run_entry(argv, build_parser(), config_from_args, train_retrieval_distributed, log)
 
 
 if __name__ == "__main__":

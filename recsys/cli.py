@@ -221,20 +221,16 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
-def cmd_train_ranker_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
-    """``torchrun --nproc_per_node N -m pipelines.train_distributed ...`` (see that module for multi-node launches)."""
+def _torchrun(job: Any, args: argparse.Namespace, forward: list[str]) -> int:
+    """Run a distributed trainer module (``job.torchrun_command``) with ``args.nproc`` processes."""
     import subprocess
 
-    job = importlib.import_module("pipelines.train_distributed")
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}", 2)
-    forward = ["--data", str(_data_dir(args, cfg)), "--out", args.out or f"runs/ranker-dist/{args.model}",
-               "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-               "--seed", str(args.seed), "--sharding", args.sharding, "--device", args.device]
     if args.config:
-        forward += ["--config", args.config]
+        forward = [*forward, "--config", args.config]
     if args.no_mlflow:
-        forward.append("--no-mlflow")
+        forward = [*forward, "--no-mlflow"]
     cmd = job.torchrun_command(args.nproc, forward)
     print(" ".join(cmd), flush=True)
     env = dict(os.environ)
@@ -246,14 +242,19 @@ def cmd_train_ranker_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
+def cmd_train_ranker_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
+    """``torchrun --nproc_per_node N -m pipelines.train_distributed ...`` (see that module for multi-node launches)."""
+    job = importlib.import_module("pipelines.train_distributed")
+    forward = ["--data", str(_data_dir(args, cfg)), "--out", args.out or f"runs/ranker-dist/{args.model}",
+               "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--seed", str(args.seed), "--sharding", args.sharding, "--device", args.device]
+    return _torchrun(job, args, forward)
+
+
 def cmd_train_retrieval_dist(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     """``torchrun --nproc_per_node N -m pipelines.train_retrieval_distributed ...`` (GRank replicated by DDP; see that
     module for multi-node launches)."""
-    import subprocess
-
     job = importlib.import_module("pipelines.train_retrieval_distributed")
-    if args.nproc < 1:
-        raise CliError(f"--nproc must be >= 1, got {args.nproc}", 2)
     options = _json_object("--options", args.options, '{"dim": 128}')
     out = args.out or f"runs/retrieval-dist/{args.model}-{args.granularity}"
     forward = ["--data", str(_data_dir(args, cfg)), "--out", out, "--model", args.model,
@@ -264,19 +265,7 @@ def cmd_train_retrieval_dist(args: argparse.Namespace, cfg: PlatformConfig) -> i
         forward += ["--options", json.dumps(options)]
     if args.evaluate:
         forward.append("--evaluate")
-    if args.config:
-        forward += ["--config", args.config]
-    if args.no_mlflow:
-        forward.append("--no-mlflow")
-    cmd = job.torchrun_command(args.nproc, forward)
-    print(" ".join(cmd), flush=True)
-    env = dict(os.environ)
-    if args.device != "cuda":
-        env.setdefault("OMP_NUM_THREADS", "1")  # N CPU processes: one OpenMP thread each unless told otherwise
-    rc = subprocess.call(cmd, env=env)
-    if rc != 0:
-        raise CliError(f"distributed training failed (exit code {rc})", 1)
-    return 0
+    return _torchrun(job, args, forward)
 
 
 def _json_object(flag: str, text: str | None, example: str) -> dict[str, Any]:

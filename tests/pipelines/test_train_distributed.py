@@ -45,7 +45,8 @@ BATCH = 256
 LAUNCH_TIMEOUT_S = 240
 
 
-def _max_rel_diff(a: list[float], b: list[float]) -> float:
+def max_rel_diff(a: list[float], b: list[float]) -> float:
+    """Largest relative difference of two per-step curves (both finite, same length)."""
     x, y = np.asarray(a), np.asarray(b)
     assert x.shape == y.shape and np.isfinite(x).all() and np.isfinite(y).all()
     return float(np.max(np.abs(x - y) / np.abs(x)))
@@ -151,7 +152,7 @@ def test_two_processes_follow_the_single_process_run(default_runs) -> None:
     assert owners == {"[0]", "[1]"}, two["plan"]  # the tables really are split over the two processes
     assert len(ref["losses"]) == len(two["losses"]) == STEPS
     assert ref["losses"][0] > ref["losses"][-1]  # it trains
-    diff = _max_rel_diff(ref["losses"], two["losses"])
+    diff = max_rel_diff(ref["losses"], two["losses"])
     assert diff < REL_TOL, (diff, ref["losses"], two["losses"])
     for a, b in zip(ref["loss_parts"], two["loss_parts"]):
         assert b == pytest.approx(a, rel=1e-4)
@@ -187,5 +188,5 @@ def test_sgd_tables_catch_unaveraged_sparse_gradients(tiny_dir: Path, tmp_path: 
     ref = launch(1, _args(tiny_dir, 10, *extra), tmp_path / "p1", timeout_s=LAUNCH_TIMEOUT_S)
     two = launch(2, _args(tiny_dir, 10, *extra), tmp_path / "p2", timeout_s=LAUNCH_TIMEOUT_S)
     assert two["sparse_optimizer"] == "sgd"
-    diff = _max_rel_diff(ref["losses"], two["losses"])
+    diff = max_rel_diff(ref["losses"], two["losses"])
     assert diff < REL_TOL, (diff, ref["losses"], two["losses"])

@@ -49,6 +49,7 @@ from pipelines.train_retrieval_distributed import (
     step_candidates,
     torchrun_command,
 )
+from tests.pipelines.test_train_distributed import max_rel_diff
 
 REL_TOL = 1e-5
 PART_TOL = 1e-4
@@ -57,12 +58,6 @@ BATCH = 32
 NEGATIVES = 32
 OPTIONS = {"dim": 32, "layers": 1, "dropout": 0.0, "n_sub": 16, "hard_share": 0.0}
 LAUNCH_TIMEOUT_S = 240
-
-
-def _max_rel_diff(a: list[float], b: list[float]) -> float:
-    x, y = np.asarray(a), np.asarray(b)
-    assert x.shape == y.shape and np.isfinite(x).all() and np.isfinite(y).all()
-    return float(np.max(np.abs(x - y) / np.abs(x)))
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +188,13 @@ def test_two_processes_follow_the_single_process_run(runs) -> None:
     # deterministic sharding: step 1's rank rows are the 1-process batch, split r::2
     (batch,) = ref["step1_rank_rows"]
     assert len(batch) == BATCH and two["step1_rank_rows"] == [batch[0::2], batch[1::2]]
-    diff = _max_rel_diff(ref["losses"], two["losses"])
+    diff = max_rel_diff(ref["losses"], two["losses"])
     assert diff < REL_TOL, (diff, ref["losses"], two["losses"])
     for a, b in zip(ref["loss_parts"], two["loss_parts"]):
         assert set(a) == {"ntp", "sa", "ca"} and b == pytest.approx(a, rel=PART_TOL)
     # the global gradient (after DDP's all-reduce) is the single-process one: catches a wrong gradient scale, which
     # AdamW and the clipping hide from the losses
-    gdiff = _max_rel_diff(ref["grad_norms"], two["grad_norms"])
+    gdiff = max_rel_diff(ref["grad_norms"], two["grad_norms"])
     assert gdiff < PART_TOL, (gdiff, ref["grad_norms"], two["grad_norms"])
     assert two["replica_max_abs_diff"] == 0.0  # DDP keeps the two replicas identical
     assert two["samples_per_s"] > 0 and ref["samples_per_s"] > 0
