@@ -17,6 +17,7 @@ last sync, no insertion (propensity 1), ``fallback: true`` in the response and i
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -50,6 +51,8 @@ class _Timer:
         self.metrics.stage_seconds.labels(stage).observe(now - self._t)
         self.ms[stage] = round((now - self._t) * 1e3, 3)
         self._t = now
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -232,13 +235,18 @@ class Recommender:
                             watch_s=None if j.w is None else float(j.w[i]))
                  for i, (r, s) in enumerate(zip(j.rooms[:k], j.scores[:k]))]
         request_id = uuid.uuid4().hex
-        self.sink.write(DecisionRecord(
+        record = DecisionRecord(
             request_id=request_id, user_id=j.req.user_id, timestamp=j.now,
             session_id=j.req.context.session_id or request_id, step=j.req.context.request_index, group=j.group,
             live_id=j.rooms[0].live_id if j.rooms else 0, features=[float(v) for v in j.x],
             feature_names=list(b.feature_names), action=int(j.alloc.insert), propensity=j.alloc.propensity,
             prob_insert=j.alloc.prob_insert, policy=j.alloc.policy, candidates=[it.live_id for it in items],
-            scores=[it.score for it in items], fallback=j.fallback))
+            scores=[it.score for it in items], fallback=j.fallback)
+        try:
+            self.sink.write(record)
+        except Exception as exc:  # noqa: BLE001 - a log that cannot be written must not fail the recommendation
+            self.metrics.errors.labels("decision_log").inc()
+            log.warning("decision %s not logged: %s: %s", request_id, type(exc).__name__, exc)
         return RecommendResponse(request_id=request_id, user_id=j.req.user_id, time_ms=j.now, items=items,
                                  allocation=j.alloc, fallback=j.fallback, cold_start=j.cold,
                                  models=dict(b.versions), timings_ms=dict(timings))

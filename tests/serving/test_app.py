@@ -179,3 +179,19 @@ def test_default_time_is_the_streams_event_time(client: TestClient, tiny_data) -
     live = rooms.filter((rooms["start_timestamp"] <= SERVE_TIME) & (rooms["end_timestamp"] > SERVE_TIME))
     body = client.post("/v1/recommend", json={"user_id": 4}).json()
     assert body["time_ms"] == int(live["start_timestamp"].max())  # the latest room start the stream has shown
+
+
+def test_a_decision_log_that_fails_does_not_fail_the_request(client: TestClient) -> None:
+    rec = client.app.state.service.recommender
+
+    class Broken:
+        def write(self, record) -> None:
+            raise OSError("No space left on device")
+
+    before, rec.sink = rec.sink, Broken()
+    try:
+        r = client.post("/v1/recommend", json={"user_id": 6, "time_ms": SERVE_TIME})
+    finally:
+        rec.sink = before
+    assert r.status_code == 200 and r.json()["items"]
+    assert 'recsys_errors_total{kind="decision_log"} 1.0' in client.get("/metrics").text
