@@ -22,7 +22,7 @@ from models.allocation.export import TorchPolicy
 from models.allocation.registry import ALLOCATORS, build_allocator
 from models.allocation.slmgac import SLMGAC
 from recsys.config import TrackingConfig
-from recsys.feed.env import LoggedData, feature_index
+from recsys.feed.env import LoggedData, feature_index, n_groups_of
 from recsys.ope import implied_rate
 from recsys.tracking import tracking_run
 
@@ -143,7 +143,7 @@ def fit_allocator(logged: LoggedData, cfg: AllocatorTrainConfig) -> tuple[Any, A
     t0 = time.perf_counter()
     tr = transitions(logged)
     n, n_features = tr["s"].shape
-    n_groups = sum(1 for name in logged.feature_names if name.startswith("group_")) or 1
+    n_groups = max(n_groups_of(logged.feature_names), 1)
     has_idx = feature_index("has_candidate")
     gamma = float(logged.gamma if cfg.gamma is None else cfg.gamma)
     threads = torch.get_num_threads()

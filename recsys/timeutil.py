@@ -30,6 +30,16 @@ def cst_hour(ts_ms: np.ndarray | int) -> np.ndarray | int:
     return ((np.asarray(ts_ms, dtype=np.int64) + CST_OFFSET_MS) // MS_PER_HOUR) % 24
 
 
+def cst_weekday(ts_ms: np.ndarray | int) -> np.ndarray | int:
+    """Day of week 0..6 in Asia/Shanghai, 0 = Monday (1970-01-01 was a Thursday)."""
+    return (cst_day(ts_ms) + 3) % 7
+
+
+def cst_hour_angle(ts_ms: np.ndarray | int) -> np.ndarray | float:
+    """Time of day in Asia/Shanghai as an angle in radians (0 at midnight), for ``sin`` / ``cos`` features."""
+    return 2 * np.pi * ((np.asarray(ts_ms, dtype=np.int64) + CST_OFFSET_MS) % MS_PER_DAY) / MS_PER_DAY
+
+
 def window_day(ts_ms: np.ndarray | int) -> np.ndarray | int:
     """Day index relative to the KuaiLive window: 0 for 2025-05-05 CST, 20 for 2025-05-25 CST."""
     return cst_day(ts_ms) - cst_day(WINDOW_START_MS)

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from recsys.feed.decision_log import open_sink
 from recsys.store.base import FeatureStore
-from recsys.stream.features import OnlineFeatures
+from recsys.stream.features import LiveRoom, OnlineFeatures
 from serving.batcher import MicroBatcher
 from serving.bundle import ModelLoadError, ServingBundle, load_bundle
 from serving.config import ServeConfig
@@ -38,6 +38,10 @@ from serving.schemas import RecommendRequest, RecommendResponse, ReloadRequest, 
 from serving.store_reader import StoreReader
 
 log = logging.getLogger(__name__)
+
+
+class ReloadInProgress(RuntimeError):
+    """A reload was asked while another one runs (a 409; the running one is not disturbed)."""
 
 
 def make_store(cfg: ServeConfig) -> FeatureStore:
@@ -88,16 +92,18 @@ class ServiceState:
             raise RuntimeError("models are not loaded")
         return rec.recommend_batch(reqs)
 
-    def live_snapshot(self) -> tuple[list, dict[int, int] | None]:
+    def live_snapshot(self) -> tuple[list[LiveRoom], dict[int, int] | None] | None:
+        """The store's live rooms and their recent entries (at the latest room start), or None when the store
+        cannot be read."""
         rooms = self.reader.live_rooms()
         if rooms is None:
-            return [], None
+            return None
         now = max((r.start for r in rooms), default=0)
         pop = self.reader.room_entries([r.live_id for r in rooms], now) if rooms else None
         return rooms, (None if pop is None else {r.live_id: int(n) for r, n in zip(rooms, pop)})
 
     def build(self, refs: dict[str, str | None]) -> ServingBundle:
-        rooms, pop = self.live_snapshot()
+        rooms, pop = self.live_snapshot() or ([], None)
         return load_bundle(refs, self.cfg.tracking_uri, self.cfg.device, self.cfg.mips_backend, rooms, pop)
 
     def sync_live(self) -> None:
@@ -105,14 +111,11 @@ class ServiceState:
         rec = self.recommender
         if rec is None:
             return
-        rooms = self.reader.live_rooms()
+        snapshot = self.live_snapshot()
         self.metrics.store_up.set(1.0 if self.reader.up else 0.0)
-        if rooms is None:
+        if snapshot is None:
             return
-        now = max((r.start for r in rooms), default=0)
-        pop = self.reader.room_entries([r.live_id for r in rooms], now) if rooms else None
-        stats = rec.bundle.catalog.sync(rooms, None if pop is None else {r.live_id: int(n)
-                                                                         for r, n in zip(rooms, pop)})
+        stats = rec.bundle.catalog.sync(*snapshot)
         self.metrics.live_rooms.set(stats.live_rooms)
         self.metrics.index_items.set(len(rec.bundle.catalog))
         self.synced = True
@@ -121,7 +124,7 @@ class ServiceState:
         if self.recommender is None:
             raise ModelLoadError("the service has no models loaded yet")
         if not self._reload_lock.acquire(blocking=False):
-            raise RuntimeError("a reload is already running")
+            raise ReloadInProgress("a reload is already running")
         try:
             t0 = time.perf_counter()
             refs = dict(self.recommender.bundle.refs)
@@ -237,7 +240,7 @@ def create_app(cfg: ServeConfig, store: FeatureStore | None = None) -> FastAPI:
         except ModelLoadError as exc:
             state.metrics.reloads.labels("failed").inc()
             raise HTTPException(400, f"reload failed, the serving models are unchanged: {exc}") from exc
-        except RuntimeError as exc:
+        except ReloadInProgress as exc:
             raise HTTPException(409, str(exc)) from exc
         state.metrics.reloads.labels("ok").inc()
         return out
@@ -256,4 +259,4 @@ def _safe_error(error: dict) -> dict:
     return out
 
 
-__all__ = ["ServiceState", "create_app", "make_store", "warm_store"]
+__all__ = ["ReloadInProgress", "ServiceState", "create_app", "make_store", "warm_store"]

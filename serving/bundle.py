@@ -8,7 +8,6 @@ runs on the old models or on the new ones, never on a mix, and nothing waits for
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.allocation.export import FILES as POLICY_FILES
+from models.allocation.export import FORMAT_VERSION as POLICY_FORMAT
 from models.allocation.export import load_policy
+from models.export_dir import read_checked
 from models.ranking.export import LoadedRanker, load_ranker
 from models.retrieval.export import LoadedRetriever, load_retriever
-from recsys.feed.env import FeedEnvConfig, Policy, feature_names
+from recsys.feed.env import FeedEnvConfig, Policy, feature_names, n_groups_of
 from recsys.stream.features import LiveRoom
 from serving.features import RankingEncoder, RetrievalEncoder
 from serving.live import LiveCatalog
@@ -69,10 +71,12 @@ def resolve_export(ref: str, kind: str, tracking_uri: str) -> tuple[Path, str]:
 
 
 def _policy_features(directory: Path) -> tuple[str, ...]:
-    meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    names = meta.get("feature_names")
-    return tuple(names) if names else feature_names(FeedEnvConfig().n_groups)
+    """The state layout the policy was trained on (its export's meta; the environment's default for older exports);
+    ValueError when it is not an environment layout."""
+    meta = read_checked(directory, "allocation policy", POLICY_FILES, POLICY_FORMAT)[1]
+    names = tuple(meta.get("feature_names") or feature_names(FeedEnvConfig().n_groups))
+    n_groups_of(names)
+    return names
 
 
 @dataclass
@@ -92,7 +96,7 @@ class ServingBundle:
 
     @property
     def n_groups(self) -> int:
-        return sum(n.startswith("group_") for n in self.feature_names)
+        return n_groups_of(self.feature_names)
 
     def activity_group(self, user_id: int) -> int:
         """Quantile tier of the user's past clicks (the batch ``u_clicks`` of the ranker tables); 0 without one."""
@@ -128,14 +132,14 @@ def load_bundle(refs: dict[str, str | None], tracking_uri: str, device: str = "a
         path, versions["policy"] = resolve_export(str(refs["policy"]), "policy", tracking_uri)
         try:
             policy = load_policy(path)
+            names = _policy_features(path)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"policy {refs['policy']!r}: {exc}") from exc
         policy_name = str(getattr(policy, "name", "") or type(policy).__name__)
-        names = _policy_features(path)
     catalog = LiveCatalog(retriever, mips_backend, dev)
     catalog.sync(list(live), popularity)
     edges = np.zeros(0)
-    n_groups = sum(n.startswith("group_") for n in names)
+    n_groups = n_groups_of(names)
     if ranker is not None and ranker.tables is not None and n_groups > 1:
         clicks = ranker.tables.user_dense[1:, 0]
         edges = np.quantile(clicks, np.arange(1, n_groups) / n_groups) if clicks.size else edges

@@ -21,18 +21,16 @@ from models.ranking.export import LoadedRanker
 from models.retrieval.export import LoadedRetriever
 from recsys.data.ranking import (
     CONTEXT_COLUMNS,
-    PRIOR_CTR,
-    PRIOR_N,
-    CategoricalVocab,
     FeatureArrays,
     age_bucket,
     gap_bucket,
     scale_dense,
+    smoothed_ctr,
 )
 from recsys.data.retrieval import BEHAVIOURS, QueryArrays
-from recsys.feed.env import BASE_FEATURES
+from recsys.feed.env import n_groups_of
 from recsys.stream.features import LiveRoom, RecentEvent
-from recsys.timeutil import CST_OFFSET_MS, MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, cst_day, cst_hour
+from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE, cst_hour, cst_hour_angle, cst_weekday
 from serving.store_reader import UserState
 
 #: Where each dense ranker feature comes from at serving: ``exact`` (same definition as training, online),
@@ -61,13 +59,9 @@ DENSE_SOURCES: dict[str, str] = {
 }
 
 
-def _before(events: Sequence[RecentEvent], now: int) -> list[RecentEvent]:
-    """Training features read events strictly before the request time."""
-    return [e for e in events if e.time < now]
-
-
 def hour_weekday(now: int) -> tuple[int, int]:
-    return int(cst_hour(np.array([now]))[0]), int((cst_day(np.array([now]))[0] + 3) % 7)
+    """CST hour and weekday of a request time (the context columns of both encoders)."""
+    return int(cst_hour(now)), int(cst_weekday(now))
 
 
 # ------------------------------------------------------------------------------------------------------ retrieval
@@ -99,26 +93,18 @@ class RetrievalEncoder:
     def query(self, state: UserState) -> QueryArrays:
         now = state.now
         user = self.r.user_index.lookup(np.array([state.user_id]))
-        hist, htime = self._right(_before(state.recent.get("click", []), now), self.long_len)
+        hist, htime = self._right(state.recent.get("click", []), self.long_len)
         gap = np.where(hist > 0, gap_bucket(now - htime), 0)
         behaviour = np.zeros((1, len(BEHAVIOURS), self.behaviour_len), np.int64)
         for j, kind in enumerate(BEHAVIOURS):
             if kind in state.recent:  # long_view needs watch times the store does not keep
-                behaviour[0, j] = self._right(_before(state.recent[kind], now), self.behaviour_len)[0]
+                behaviour[0, j] = self._right(state.recent[kind], self.behaviour_len)[0]
         hour, weekday = hour_weekday(now)
         return QueryArrays(user=user, profile=self.r.user_profile[user], hour=np.array([hour]),
                            weekday=np.array([weekday]), hist=hist[None], hist_gap=gap[None], behaviour=behaviour)
 
 
 # ------------------------------------------------------------------------------------------------------ ranking
-def _value_ids(vocab: CategoricalVocab) -> list[dict[str, int]]:
-    return [{v: 1 + off + i for i, v in enumerate(vocab.values[c])} for c, off in zip(vocab.columns, vocab.offsets)]
-
-
-def _smoothed(clicks: np.ndarray, exposures: np.ndarray) -> np.ndarray:
-    return (clicks + PRIOR_CTR * PRIOR_N) / (exposures + PRIOR_N)
-
-
 class RankingEncoder:
     """:class:`FeatureArrays` of one request's candidates for a loaded ranker (row 0 carries the user's histories,
     shared by every row through ``user_of``)."""
@@ -130,7 +116,7 @@ class RankingEncoder:
         self.ranker = ranker
         self.spec = ranker.model.spec
         self.tables = ranker.tables
-        self.context_ids = _value_ids(self.spec.context_vocab)
+        self.context_ids = self.spec.context_vocab.value_ids()
         if tuple(self.spec.context_vocab.columns) != CONTEXT_COLUMNS:
             raise ValueError(f"the ranker's context columns {self.spec.context_vocab.columns} are not "
                              f"{CONTEXT_COLUMNS}")
@@ -155,7 +141,7 @@ class RankingEncoder:
         hist, hist_len = {}, {}
         gap = np.zeros((b, self.spec.seq_len), np.int64)
         for key, length in self.spec.seq_lengths.items():
-            ev = _before(state.recent.get(key.removeprefix("hist_"), []), state.now)[-length:]
+            ev = state.recent.get(key.removeprefix("hist_"), [])[-length:]
             items, lens = np.zeros((b, length), np.int64), np.zeros(b, np.int64)
             if ev:
                 items[0, :len(ev)] = self.ranker.streamer_index.lookup(np.array([e.streamer_id for e in ev]))
@@ -169,7 +155,7 @@ class RankingEncoder:
                entries: np.ndarray) -> np.ndarray:
         now, b = state.now, len(rooms)
         sids = np.array([r.streamer_id for r in rooms], np.int64)
-        recent = {k: _before(v, now) for k, v in state.recent.items()}
+        recent = state.recent
 
         def per_streamer(kind: str) -> np.ndarray:
             ev = np.array([e.streamer_id for e in recent.get(kind, [])], np.int64)
@@ -188,8 +174,9 @@ class RankingEncoder:
         cols.update({
             "us_clicks": clicks, "us_watch_min": np.zeros(b), "us_comments": per_streamer("comment"),
             "us_likes": per_streamer("like"), "us_gifts": per_streamer("gift"), "us_hours_since_last": since,
-            "us_never": (clicks == 0).astype(np.float64), "us_exposures": clicks, "us_ctr": _smoothed(clicks, clicks),
-            "uc_clicks": np.zeros(b), "uc_exposures": np.zeros(b), "uc_ctr": np.full(b, PRIOR_CTR),
+            "us_never": (clicks == 0).astype(np.float64), "us_exposures": clicks,
+            "us_ctr": smoothed_ctr(clicks, clicks), "uc_clicks": np.zeros(b), "uc_exposures": np.zeros(b),
+            "uc_ctr": smoothed_ctr(np.zeros(b), np.zeros(b)),
             "room_clicks_5m": entries.astype(np.float64), "room_clicks_30m": entries.astype(np.float64),
             "room_comments_30m": np.zeros(b), "room_gifts_30m": np.zeros(b),
             "room_clicks_before": entries.astype(np.float64),
@@ -244,14 +231,15 @@ def allocation_features(names: Sequence[str], *, p_click: float, watch_min: floa
                         fatigue: float, request_index: int, now: int, has_candidate: bool, group: int) -> np.ndarray:
     """The allocator's state ``(1, F)`` in the column order ``names`` (:func:`recsys.feed.env.feature_names`); the
     candidate columns are 0 without a candidate, as in the environment."""
-    angle = 2 * math.pi * ((now + CST_OFFSET_MS) % MS_PER_DAY) / MS_PER_DAY
+    angle = float(cst_hour_angle(now))
     has = 1.0 if has_candidate else 0.0
     values = {"p_click_hat": p_click * has, "watch_hat": watch_min * has, "score_hat": p_click * watch_min * has,
               "log_popularity": log_popularity * has, "fatigue": fatigue, "request_index": float(request_index),
               "hour_sin": math.sin(angle), "hour_cos": math.cos(angle), "has_candidate": has}
-    missing = [n for n in names if n not in values and not n.startswith("group_")]
-    if missing or list(names[:len(BASE_FEATURES)]) != list(BASE_FEATURES):
-        raise ValueError(f"unexpected allocator feature layout {list(names)}")
+    try:
+        n_groups_of(names)
+    except ValueError as exc:
+        raise ValueError(f"unexpected allocator feature layout: {exc}") from None
     x = np.zeros((1, len(names)))
     for j, n in enumerate(names):
         x[0, j] = values[n] if n in values else float(n == f"group_{group}")

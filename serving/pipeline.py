@@ -1,4 +1,4 @@
-"""retrieve -> rank -> allocate for one request, on one :class:`~serving.bundle.ServingBundle`.
+"""retrieve -> rank -> allocate for a batch of requests, on one :class:`~serving.bundle.ServingBundle`.
 
 Stages (each timed into ``recsys_stage_seconds``):
 
@@ -21,7 +21,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,8 @@ from serving.metrics import ServingMetrics
 from serving.schemas import Allocation, RankedRoom, RecommendRequest, RecommendResponse
 from serving.store_reader import StoreReader, UserState
 
+log = logging.getLogger(__name__)
+
 
 class _Timer:
     def __init__(self, metrics: ServingMetrics) -> None:
@@ -51,8 +52,6 @@ class _Timer:
         self.metrics.stage_seconds.labels(stage).observe(now - self._t)
         self.ms[stage] = round((now - self._t) * 1e3, 3)
         self._t = now
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -82,13 +81,12 @@ class Recommender:
     """The request path. ``bundle`` is replaced as a whole by :meth:`swap` (hot reload)."""
 
     def __init__(self, cfg: ServeConfig, bundle: ServingBundle, reader: StoreReader, metrics: ServingMetrics,
-                 sink: DecisionSink, clock: Callable[[], int] | None = None) -> None:
+                 sink: DecisionSink) -> None:
         self.cfg = cfg
         self.bundle = bundle
         self.reader = reader
         self.metrics = metrics
         self.sink = sink
-        self.clock = clock
 
     def swap(self, bundle: ServingBundle) -> ServingBundle:
         old, self.bundle = self.bundle, bundle
@@ -96,8 +94,6 @@ class Recommender:
 
     def default_time(self, bundle: ServingBundle) -> int:
         """The stream's event time: the latest room start in the live set (wall clock when nothing is live)."""
-        if self.clock is not None:
-            return int(self.clock())
         latest = bundle.catalog.latest_start
         return latest if latest is not None else int(time.time() * 1000)
 
@@ -181,9 +177,6 @@ class Recommender:
                                  propensity=prob if insert else 1.0 - prob, policy=b.policy_name)
 
     # --------------------------------------------------------------------------------------------------- requests
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        return self.recommend_batch([req])[0]
-
     @torch.no_grad()
     def recommend_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse]:
         """Serve a batch of requests together (one bundle; the model stages run once over all of them)."""

@@ -26,7 +26,8 @@ T = TypeVar("T")
 
 @dataclass
 class UserState:
-    """What the store says about a user at ``now``: recent events per type (oldest first) and TPP features."""
+    """What the store says about a user at ``now``: recent events per type strictly before ``now`` (oldest first, as
+    the training features read them) and TPP features."""
 
     user_id: int
     now: int
@@ -74,7 +75,8 @@ class StoreReader:
     def user_state(self, user_id: int, now: int) -> UserState:
         """The user's recent events and TPP features; the cold-start state (``from_store=False``) on failure."""
         def read() -> UserState:
-            recent = {t: self.features.user_recent(user_id, t, now=now) for t in USER_EVENT_TYPES}
+            # user_recent keeps events at or before its ``now``; integer ms: <= now - 1 is strictly before now
+            recent = {t: self.features.user_recent(user_id, t, now=now - 1) for t in USER_EVENT_TYPES}
             return UserState(user_id, now, recent, self.features.tpp([user_id])[0])
 
         state = self._call(read)

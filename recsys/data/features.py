@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from recsys.timeutil import MS_PER_MINUTE, cst_day, cst_hour
+from recsys.timeutil import MS_PER_MINUTE, cst_hour, cst_weekday
 
 _SHIFT = 36  # (dense key << 36) | (time - origin)
 
@@ -118,7 +118,7 @@ def context_features(samples: pl.DataFrame, rooms: pl.DataFrame) -> pl.DataFrame
             "live_content_category": joined["live_content_category"].fill_null("<unk>"),
             "live_name_id": joined["live_name_id"].fill_null(-1),
             "hour": cst_hour(t),
-            "weekday": (cst_day(t) + 3) % 7,  # 0 = Monday (1970-01-01 was a Thursday)
+            "weekday": cst_weekday(t),
         }
     )
 

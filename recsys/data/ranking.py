@@ -102,12 +102,15 @@ class CategoricalVocab:
         """Rows of the table, including the unseen id 0."""
         return 1 + sum(len(v) for v in self.values.values())
 
+    def value_ids(self) -> list[dict[str, int]]:
+        """Per column, value -> id (``1 + offset(column) + rank``); a value not in the map is unseen (id 0)."""
+        return [{v: 1 + off + i for i, v in enumerate(self.values[c])} for c, off in zip(self.columns, self.offsets)]
+
     def encode(self, df: pl.DataFrame) -> np.ndarray:
         """[n, n_columns] int64 ids; values never seen at fit time map to 0."""
         out = np.zeros((df.height, len(self.columns)), dtype=np.int64)
-        for j, (c, off) in enumerate(zip(self.columns, self.offsets)):
-            mapping = pl.DataFrame({c: self.values[c], "_id": np.arange(1, len(self.values[c]) + 1) + off},
-                                   schema={c: pl.String, "_id": pl.Int64})
+        for j, (c, ids) in enumerate(zip(self.columns, self.value_ids())):
+            mapping = pl.DataFrame({c: list(ids), "_id": list(ids.values())}, schema={c: pl.String, "_id": pl.Int64})
             ids = df.select(pl.col(c).cast(pl.String)).join(mapping, on=c, how="left", maintain_order="left")["_id"]
             out[:, j] = ids.fill_null(0).to_numpy()
         return out
@@ -247,7 +250,7 @@ def _count_recent(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, t: np
 PRIOR_CTR, PRIOR_N = 0.28, 5.0
 
 
-def _smoothed_ctr(clicks: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+def smoothed_ctr(clicks: np.ndarray, exposures: np.ndarray) -> np.ndarray:
     return (clicks + PRIOR_CTR * PRIOR_N) / (exposures + PRIOR_N)
 
 
@@ -286,10 +289,10 @@ def dense_features(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl
     c_cat = e_cat[: cl.size]
     out["uc_clicks"] = count_before(np.stack([cu, c_cat], axis=1), ct, np.stack([su, q_cat], axis=1), st)
     out["uc_exposures"] = count_before(np.stack([eu, e_cat], axis=1), et, np.stack([su, q_cat], axis=1), st)
-    out["u_ctr"] = _smoothed_ctr(out["u_clicks"], out["u_exposures"])
-    out["s_ctr"] = _smoothed_ctr(out["s_clicks"], out["s_exposures"])
-    out["us_ctr"] = _smoothed_ctr(out["us_clicks"], out["us_exposures"])
-    out["uc_ctr"] = _smoothed_ctr(out["uc_clicks"], out["uc_exposures"])
+    out["u_ctr"] = smoothed_ctr(out["u_clicks"], out["u_exposures"])
+    out["s_ctr"] = smoothed_ctr(out["s_clicks"], out["s_exposures"])
+    out["us_ctr"] = smoothed_ctr(out["us_clicks"], out["us_exposures"])
+    out["uc_ctr"] = smoothed_ctr(out["uc_clicks"], out["uc_exposures"])
     last = last_before(pair, ct, qpair, st)
     out["us_never"] = (last < 0).astype(np.float64)
     out["us_hours_since_last"] = np.where(last < 0, 0.0, (st - last) / MS_PER_HOUR)
@@ -536,5 +539,5 @@ __all__ = [
     "CONTEXT_COLUMNS", "DENSE_COLUMNS", "DENSE_FEATURES", "SEQ_KEYS", "TASKS", "CategoricalVocab", "EventHistory",
     "FeatureArrays", "IdIndex", "RankingDataset", "RankingFeatureSpec", "ServingTables", "build_ranking_dataset",
     "build_serving_tables", "context_table",
-    "dense_features", "gap_bucket", "scale_dense", "task_labels",
+    "dense_features", "gap_bucket", "scale_dense", "smoothed_ctr", "task_labels",
 ]

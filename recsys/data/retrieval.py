@@ -45,7 +45,7 @@ from recsys.data.ranking import (
     gap_bucket,
 )
 from recsys.data.schema import USER_PROFILE_COLUMNS, VOCABULARIES
-from recsys.timeutil import MS_PER_HOUR, cst_day, cst_hour
+from recsys.timeutil import MS_PER_HOUR, cst_hour, cst_weekday
 
 Granularity = Literal["streamer", "room"]
 GRANULARITIES: tuple[str, ...] = ("streamer", "room")
@@ -184,7 +184,7 @@ class RetrievalDataset:
             for k in BEHAVIOURS
         ], axis=1)
         return QueryArrays(user=u, profile=self.user_profile[u], hour=np.asarray(cst_hour(t), np.int64),
-                           weekday=(np.asarray(cst_day(t), np.int64) + 3) % 7, hist=hist, hist_gap=gap,
+                           weekday=np.asarray(cst_weekday(t), np.int64), hist=hist, hist_gap=gap,
                            behaviour=behaviour)
 
     def live_items(self, t: int) -> np.ndarray:

@@ -42,8 +42,7 @@ from typing import Any, TextIO
 import numpy as np
 import polars as pl
 
-from recsys.feed.env import BASE_FEATURES, LoggedData
-from recsys.feed.env import feature_names as env_feature_names
+from recsys.feed.env import BASE_FEATURES, LoggedData, n_groups_of
 from recsys.services import KAFKA_HINT, ServiceUnavailable, ensure_topics, parse_bootstrap
 from recsys.stream.bus import EventSink
 
@@ -533,10 +532,12 @@ def join_outcomes(records: Sequence[DecisionRecord], clicks: pl.DataFrame, rewar
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
     policy = _single(records, "policy")
     names = _single(records, "feature_names")
-    n_groups = len(names) - len(BASE_FEATURES)
-    if n_groups < 0 or names != env_feature_names(n_groups):
+    try:
+        n_groups_of(names)
+    except ValueError:
         raise DecisionLogError(f"decision records: field 'feature_names' is {list(names)}, expected "
-                               f"{list(BASE_FEATURES)} followed by group_0, group_1, ... (recsys.feed.env layout)")
+                               f"{list(BASE_FEATURES)} followed by group_0, group_1, ... (recsys.feed.env layout)"
+                               ) from None
     seen: set[str] = set()
     for r in records:
         if r.request_id in seen:

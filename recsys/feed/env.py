@@ -89,13 +89,13 @@ import polars as pl
 from recsys.data.live_index import LiveIndex
 from recsys.data.loaders import load_kuailive
 from recsys.timeutil import (
-    CST_OFFSET_MS,
     MS_PER_DAY,
     MS_PER_MINUTE,
     N_WINDOW_DAYS,
     WINDOW_START_MS,
     cst_day,
     cst_hour,
+    cst_hour_angle,
 )
 
 __all__ = [
@@ -110,6 +110,7 @@ __all__ = [
     "Scorer",
     "feature_index",
     "feature_names",
+    "n_groups_of",
 ]
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -158,6 +159,17 @@ _LOG_FORMAT_VERSION = "1"
 def feature_names(n_groups: int) -> tuple[str, ...]:
     """Names of the observation columns: :data:`BASE_FEATURES` then ``group_0 .. group_{n_groups-1}``."""
     return BASE_FEATURES + tuple(f"group_{g}" for g in range(n_groups))
+
+
+def n_groups_of(names: Sequence[str]) -> int:
+    """The ``n_groups`` of a feature layout: ``names`` must equal :func:`feature_names` of it (ValueError naming the
+    layout otherwise)."""
+    names = tuple(names)
+    n = len(names) - len(BASE_FEATURES)
+    if n < 0 or names != feature_names(n):
+        raise ValueError(f"feature layout {list(names)} is not {list(BASE_FEATURES)} followed by group_0, "
+                         "group_1, ... (recsys.feed.env.feature_names)")
+    return n
 
 
 def feature_index(name: str) -> int:
@@ -769,7 +781,7 @@ class FeedEnv:
         remaining = np.clip(remaining, 0.0, cfg.watch_cap_minutes)
         p_hat = np.where(has, _sigmoid(logit), 0.0)
         w_hat = np.where(has, self.expected_watch(logit, remaining), 0.0)
-        angle = 2 * math.pi * ((flat_t + CST_OFFSET_MS) % MS_PER_DAY) / MS_PER_DAY
+        angle = cst_hour_angle(flat_t)
         sk = _Skeleton(
             s0=s0, user_row=u_row, user_id=self.user_ids[u_row], group=group, times=times, gap_min=gap_min,
             video_min=video, noise=noise, watch_z=watch_z,
