@@ -273,17 +273,37 @@ def bench_tpp(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
               schemes: tuple[str, ...] | None = None) -> tuple[str, dict[str, Any]]:
     """The continual protocol for the four schemes (AttNHP base, same budget): per scheme ``ll_next`` (mean
     log-likelihood per event on the next window), ``ll_current``, ``forgetting``, ``bwt``, ``avg_final``,
-    ``rmse_dt`` / ``type_error`` (next window) and the per-window ``w<t>.ll_next``; ``windows`` and the time unit."""
-    from pipelines.train_tpp import SCHEMES, TPPTrainConfig, load_tpp_tasks, run_continual
+    ``rmse_dt`` / ``type_error`` (next window), the per-window ``w<t>.ll_next`` and ``intensity_corr`` /
+    ``intensity_mae_log`` (the final model against the true intensities, see
+    :func:`pipelines.train_tpp.intensity_agreement`);
+    ``oracle.ll_next`` / ``oracle.ll_current`` / ``oracle.w<t>.ll_next`` from the generator's true intensities on the
+    same test sequences (:mod:`recsys.data.tpp_truth`, a privileged reference); ``windows`` and the time unit."""
+    from pipelines.train_tpp import SCHEMES, TPPTrainConfig, intensity_agreement, load_tpp_tasks, run_continual
+    from recsys.data.tpp import SequenceArrays
+    from recsys.data.tpp_truth import TPPTruth, oracle_log_likelihood
 
     cfg = cfg or PlatformConfig()
     budget = dict(TPP_BUDGET[scale])
     max_len, window_days = budget.pop("max_len"), budget.pop("window_days")
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="recsys-bench-tpp-") as tmp:
-        tasks = load_tpp_tasks(_synthetic_dir(scale, cfg, seed, tmp), window_days, max_len, seed)
+        data_dir = _synthetic_dir(scale, cfg, seed, tmp)
+        tasks = load_tpp_tasks(data_dir, window_days, max_len, seed)
+        truth = TPPTruth.load(data_dir)
     metrics.update({"windows": len(tasks), "minutes_per_unit": tasks.time_scale_min, "dtime_max": tasks.dtime_max,
                     "censored_share": tasks.info["censored_share"]})
+
+    def test_rows(t: int) -> SequenceArrays:  # the test sequences every scheme is evaluated on
+        test = tasks.tasks[t].splits["test"]
+        n = budget["eval_max_sequences"] or len(test)
+        return test.take(np.arange(min(n, len(test))))
+
+    oracle = [oracle_log_likelihood(truth, tasks, t, test_rows(t), window_days) for t in range(len(tasks))]
+    metrics.update({"oracle.ll_next": float(np.mean([o["ll_per_event"] for o in oracle[1:]])),
+                    "oracle.ll_current": float(np.mean([o["ll_per_event"] for o in oracle])),
+                    "oracle.zero_intensity_events": float(sum(o["n_zero"] for o in oracle))})
+    for t in range(1, len(tasks)):
+        metrics[f"oracle.w{t - 1}.ll_next"] = oracle[t]["ll_per_event"]
     for scheme in schemes or SCHEMES:
         t0 = time.perf_counter()
         res = run_continual(tasks, TPPTrainConfig(scheme=scheme, seed=seed, progress=False, **budget))
@@ -297,6 +317,9 @@ def bench_tpp(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
                         f"{scheme}.wall_s": time.perf_counter() - t0})
         for t in range(len(tasks) - 1):
             metrics[f"{scheme}.w{t}.ll_next"] = float(res.matrix["ll_per_event"][t, t + 1])
+        last = len(tasks) - 1  # the final model against the truth on the last window's test users
+        agree = intensity_agreement(res.model, tasks, last, test_rows(last), truth, window_days)
+        metrics.update({f"{scheme}.{k}": v for k, v in agree.items()})
         log.info("bench tpp %s: ll_next %.3f, forgetting %.3f, %.0f s", scheme, s["ll_per_event.next"],
                  s.get("ll_per_event.forgetting", float("nan")), time.perf_counter() - t0)
     return "cpu", metrics

@@ -29,7 +29,15 @@ import polars as pl
 import torch
 
 from models.tpp import load_state, save_state
-from pipelines.train_tpp import TPPTrainConfig, build_model, evaluate, to_batch, train_window
+from pipelines.train_tpp import (
+    TPPTrainConfig,
+    build_model,
+    evaluate,
+    make_optimizer,
+    set_window_lr,
+    to_batch,
+    train_window,
+)
 from recsys.config import TrackingConfig
 from recsys.data.schema import EVENT_TYPE_ID
 from recsys.data.tpp import SequenceArrays, TPPTasks, make_task, time_scale, window_sequences, window_start_ms
@@ -173,9 +181,10 @@ class StreamingTPP:
             self.scale = time_scale(ws, self.cfg.train.seed)
             tasks = TPPTasks(tasks=[], time_scale_min=self.scale[0], dtime_max=self.scale[1])
             self.model = build_model(self.cfg.train, tasks)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+            self.opt = make_optimizer(self.model, self.cfg.train.lr)
         elif self.state is not None:
             load_state(io.BytesIO(self.state), self.model, self.opt)  # warm start from the full state
+        set_window_lr(self.opt, self.cfg.train, len(self.records))
         task = make_task(ws, self.scale[0], self.cfg.train.seed, self.cfg.window_days)
         t0 = time.perf_counter()
         fit = train_window(self.model, self.opt, task.splits["train"], task.splits["dev"], self.cfg.train, self.rng)

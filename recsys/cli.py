@@ -302,6 +302,8 @@ def cmd_train_tpp(args: argparse.Namespace, cfg: PlatformConfig) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
     if args.lr <= 0:
         raise CliError("--lr must be > 0", 2)
+    if not 0 < args.base_lr_scale <= 1:
+        raise CliError(f"--base-lr-scale must be in (0, 1], got {args.base_lr_scale}", 2)
     model = _json_object("--model-options", args.model_options, '{"d_model": 64}')
     prompt = _json_object("--prompt-options", args.prompt_options, '{"pool_size": 20}')
     from models.tpp import PromptConfig, TPPConfig
@@ -313,7 +315,8 @@ def cmd_train_tpp(args: argparse.Namespace, cfg: PlatformConfig) -> int:
             raise CliError(f"{flag}: {exc}", 2) from exc
     tcfg = job.TPPTrainConfig(scheme=args.scheme, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               n_samples=args.samples, eval_max_sequences=args.eval_sequences, seed=args.seed,
-                              model=model, prompt=prompt, progress=not args.quiet)
+                              model=model, prompt=prompt, base_lr_scale=args.base_lr_scale,
+                              progress=not args.quiet)
     if args.stream:
         stream = importlib.import_module("pipelines.stream_tpp")
         ingest = importlib.import_module("pipelines.ingest")
@@ -735,6 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--epochs", type=int, default=2, help="passes per window (best dev epoch kept)")
     tp.add_argument("--batch-size", type=int, default=64)
     tp.add_argument("--lr", type=float, default=1e-3)
+    tp.add_argument("--base-lr-scale", type=float, default=1.0,
+                    help="from the second window on, the backbone learns at lr x this; the prompt pools keep lr")
     tp.add_argument("--samples", type=int, default=50, help="thinning samples per prediction")
     tp.add_argument("--eval-sequences", type=int, default=0, help="test sequences per window (0 = all)")
     tp.add_argument("--model-options", help="JSON overrides of the TPP config, e.g. '{\"d_model\": 64}'")

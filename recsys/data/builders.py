@@ -208,7 +208,8 @@ def tpp_windows(events: pl.DataFrame, window_days: int = 3, max_len: int = 256) 
 
     Ties are broken by the mark order of :func:`event_sequences` plus a 1 ms offset per tied event, so times are
     strictly increasing. Columns: window, user_id, time_min (list of minutes since the window start), type (list),
-    n_events, truncated (True when the last ``max_len`` events were kept).
+    timestamp (list of the events' own epoch ms, before the tie offsets), n_events, truncated (True when the last
+    ``max_len`` events were kept).
     """
     if window_days < 1:
         raise ValueError(f"window_days must be >= 1, got {window_days}")
@@ -226,7 +227,8 @@ def tpp_windows(events: pl.DataFrame, window_days: int = 3, max_len: int = 256) 
          / MS_PER_MINUTE).alias("time_min")
     )
     out = ev.group_by("window", "user_id", maintain_order=True).agg(
-        pl.col("time_min").tail(max_len), pl.col("type").tail(max_len), pl.len().alias("n_events"),
+        pl.col("time_min").tail(max_len), pl.col("type").tail(max_len), pl.col("timestamp").tail(max_len),
+        pl.len().alias("n_events"),
     )
     return out.with_columns((pl.col("n_events") > max_len).alias("truncated")).sort("window", "user_id")
 

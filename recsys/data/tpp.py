@@ -66,6 +66,8 @@ class TPPTasks:
     dtime_max: float
     n_types: int = len(EVENT_TYPES)
     info: dict[str, float] = field(default_factory=dict)
+    #: the raw per-window sequences the tasks were cut from (same order as ``tasks``), for ground-truth comparisons
+    sequences: list[WindowSequences] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -103,12 +105,14 @@ def split_users(users: np.ndarray, seed: int, window: int) -> dict[str, np.ndarr
 
 @dataclass
 class WindowSequences:
-    """The raw sequences of one window: users and their event times (minutes since the window start) and marks."""
+    """The raw sequences of one window: users and their event times (minutes since the window start, ties 1 ms
+    apart), marks and the events' own epoch-ms timestamps (ties equal; what ground truth is keyed by)."""
 
     window: int
     users: np.ndarray
     times_min: list[np.ndarray]
     types: list[np.ndarray]
+    timestamps_ms: list[np.ndarray] = field(default_factory=list)
 
 
 def window_sequences(events: pl.DataFrame, window_days: int = 3, max_len: int = 128, min_events: int = 2
@@ -123,7 +127,8 @@ def window_sequences(events: pl.DataFrame, window_days: int = 3, max_len: int = 
         part = windows.filter(pl.col("window") == w)
         out.append(WindowSequences(int(w), part["user_id"].to_numpy(),
                                    [np.asarray(x, np.float64) for x in part["time_min"].to_list()],
-                                   [np.asarray(x, np.int64) for x in part["type"].to_list()]))
+                                   [np.asarray(x, np.int64) for x in part["type"].to_list()],
+                                   [np.asarray(x, np.int64) for x in part["timestamp"].to_list()]))
     return out
 
 
@@ -163,7 +168,7 @@ def build_tpp_tasks(events: pl.DataFrame, window_days: int = 3, max_len: int = 1
     info = {"sequences": float(sum(len(w.users) for w in raw)),
             "events": float(sum(sum(t.size for t in w.times_min) for w in raw)),
             "median_gap_min": scale, "censored_share": censored}
-    return TPPTasks(tasks=tasks, time_scale_min=scale, dtime_max=dtime_max, info=info)
+    return TPPTasks(tasks=tasks, time_scale_min=scale, dtime_max=dtime_max, info=info, sequences=raw)
 
 
 __all__ = ["MIN_GAP", "SPLIT_SHARES", "TPP_SPLITS", "SequenceArrays", "TPPTask", "TPPTasks", "WindowSequences",

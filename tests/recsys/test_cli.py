@@ -241,6 +241,7 @@ def test_train_retrieval_popularity_needs_no_training(data_dir: Path, capsys: py
 @pytest.mark.parametrize("flags, message", [
     (["--negatives", "0"], "--negatives must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--base-lr-scale", "1.5"], "--base-lr-scale must be in (0, 1]"),
     (["--alias", "champion", "--no-mlflow"], "--alias needs MLflow tracking"),
     (["--options", "{dim"], "--options must be a JSON object"),
     (["--options", '{"depth": 3}'], "unknown option(s) ['depth'] for grank"),

@@ -133,6 +133,8 @@ def test_tpp_windows_cst_boundaries_and_strictly_increasing_times() -> None:
     assert first["type"].item().to_list() == [0, 3]  # mark order breaks the tie
     times = first["time_min"].item().to_list()
     assert times[0] == pytest.approx(5.0) and times[1] > times[0]  # +1 ms offset
+    # the events' own timestamps stay tied (ground truth is keyed by them)
+    assert first["timestamp"].item().to_list() == [WINDOW_START_MS + 5 * MS_PER_MINUTE] * 2
     second = w.filter((pl.col("window") == 1) & (pl.col("user_id") == 1))
     assert second["time_min"].item().to_list() == [pytest.approx(60.0)]
     with pytest.raises(ValueError):
