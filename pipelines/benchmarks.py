@@ -258,33 +258,36 @@ def bench_retrieval(scale: str, cfg: PlatformConfig | None = None, seed: int = 0
     return device.type, metrics
 
 
-#: Budget of ``bench tpp``, the same for every scheme.
+#: Budget of ``bench tpp``, the same for every scheme (``first_epochs``: the first window, the one every warm-started
+#: scheme builds on, gets more passes; with 2 it decided most of a scheme's average by the luck of its seed).
 TPP_BUDGET: dict[str, dict[str, Any]] = {
     "tiny": {"epochs": 1, "batch_size": 32, "n_samples": 10, "eval_max_sequences": 20, "max_len": 32,
-             "window_days": 7},
-    "small": {"epochs": 2, "batch_size": 64, "n_samples": 20, "eval_max_sequences": 100, "max_len": 64,
-              "window_days": 3},
-    "full": {"epochs": 1, "batch_size": 128, "n_samples": 20, "eval_max_sequences": 200, "max_len": 128,
-             "window_days": 3},
+             "window_days": 7, "seeds": 2},
+    "small": {"epochs": 2, "first_epochs": 4, "batch_size": 64, "n_samples": 20, "eval_max_sequences": 100,
+              "max_len": 64, "window_days": 3, "seeds": 3},
+    "full": {"epochs": 1, "first_epochs": 2, "batch_size": 128, "n_samples": 20, "eval_max_sequences": 200,
+             "max_len": 128, "window_days": 3, "seeds": 1},
 }
 
 
 def bench_tpp(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
               schemes: tuple[str, ...] | None = None) -> tuple[str, dict[str, Any]]:
-    """The continual protocol for the four schemes (AttNHP base, same budget): per scheme ``ll_next`` (mean
-    log-likelihood per event on the next window), ``ll_current``, ``forgetting``, ``bwt``, ``avg_final``,
+    """The continual protocol for the four schemes (AttNHP base, same budget), each trained with ``seeds``
+    training seeds (brief §7: mean and std) on the same data: per scheme, the mean over the seeds of ``ll_next``
+    (log-likelihood per event on the next window), ``ll_current``, ``forgetting``, ``bwt``, ``avg_final``,
     ``rmse_dt`` / ``type_error`` (next window), the per-window ``w<t>.ll_next`` and ``intensity_corr`` /
     ``intensity_mae_log`` (the final model against the true intensities, see
-    :func:`pipelines.train_tpp.intensity_agreement`);
-    ``oracle.ll_next`` / ``oracle.ll_current`` / ``oracle.w<t>.ll_next`` from the generator's true intensities on the
-    same test sequences (:mod:`recsys.data.tpp_truth`, a privileged reference); ``windows`` and the time unit."""
+    :func:`pipelines.train_tpp.intensity_agreement`); ``ll_next_std`` / ``forgetting_std`` / ``bwt_std`` over the
+    seeds and ``seed<k>.ll_next`` / ``seed<k>.forgetting`` per seed; ``oracle.ll_next`` / ``oracle.ll_current`` /
+    ``oracle.w<t>.ll_next`` from the generator's true intensities on the same test sequences
+    (:mod:`recsys.data.tpp_truth`, a privileged reference); ``windows``, ``seeds`` and the time unit."""
     from pipelines.train_tpp import SCHEMES, TPPTrainConfig, intensity_agreement, load_tpp_tasks, run_continual
     from recsys.data.tpp import SequenceArrays
     from recsys.data.tpp_truth import TPPTruth, oracle_log_likelihood
 
     cfg = cfg or PlatformConfig()
     budget = dict(TPP_BUDGET[scale])
-    max_len, window_days = budget.pop("max_len"), budget.pop("window_days")
+    max_len, window_days, n_seeds = budget.pop("max_len"), budget.pop("window_days"), budget.pop("seeds")
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="recsys-bench-tpp-") as tmp:
         data_dir = _synthetic_dir(scale, cfg, seed, tmp)
@@ -304,24 +307,29 @@ def bench_tpp(scale: str, cfg: PlatformConfig | None = None, seed: int = 0,
                     "oracle.zero_intensity_events": float(sum(o["n_zero"] for o in oracle))})
     for t in range(1, len(tasks)):
         metrics[f"oracle.w{t - 1}.ll_next"] = oracle[t]["ll_per_event"]
+    summary_keys = {"ll_next": "ll_per_event.next", "ll_current": "ll_per_event.current",
+                    "avg_final": "ll_per_event.avg_final", "forgetting": "ll_per_event.forgetting",
+                    "bwt": "ll_per_event.bwt", "rmse_dt": "rmse_dt.next", "type_error": "type_error.next"}
+    last = len(tasks) - 1  # the final model against the truth on the last window's test users
     for scheme in schemes or SCHEMES:
         t0 = time.perf_counter()
-        res = run_continual(tasks, TPPTrainConfig(scheme=scheme, seed=seed, progress=False, **budget))
-        s = res.summary
-        metrics.update({f"{scheme}.ll_next": s["ll_per_event.next"], f"{scheme}.ll_current": s["ll_per_event.current"],
-                        f"{scheme}.avg_final": s["ll_per_event.avg_final"],
-                        f"{scheme}.forgetting": s.get("ll_per_event.forgetting", float("nan")),
-                        f"{scheme}.bwt": s.get("ll_per_event.bwt", float("nan")),
-                        f"{scheme}.rmse_dt": s.get("rmse_dt.next", float("nan")),
-                        f"{scheme}.type_error": s.get("type_error.next", float("nan")),
-                        f"{scheme}.wall_s": time.perf_counter() - t0})
-        for t in range(len(tasks) - 1):
-            metrics[f"{scheme}.w{t}.ll_next"] = float(res.matrix["ll_per_event"][t, t + 1])
-        last = len(tasks) - 1  # the final model against the truth on the last window's test users
-        agree = intensity_agreement(res.model, tasks, last, test_rows(last), truth, window_days)
-        metrics.update({f"{scheme}.{k}": v for k, v in agree.items()})
-        log.info("bench tpp %s: ll_next %.3f, forgetting %.3f, %.0f s", scheme, s["ll_per_event.next"],
-                 s.get("ll_per_event.forgetting", float("nan")), time.perf_counter() - t0)
+        runs: list[dict[str, float]] = []
+        for k in range(n_seeds):  # training seeds; the data and its user splits stay those of ``seed``
+            res = run_continual(tasks, TPPTrainConfig(scheme=scheme, seed=seed + k, progress=False, **budget))
+            run = {key: res.summary.get(src, float("nan")) for key, src in summary_keys.items()}
+            run.update({f"w{t}.ll_next": float(res.matrix["ll_per_event"][t, t + 1]) for t in range(last)})
+            run.update(intensity_agreement(res.model, tasks, last, test_rows(last), truth, window_days))
+            runs.append(run)
+            metrics.update({f"{scheme}.seed{k}.{key}": run[key] for key in ("ll_next", "forgetting")})
+        for key in runs[0]:
+            metrics[f"{scheme}.{key}"] = float(np.mean([r[key] for r in runs]))
+        for key in ("ll_next", "forgetting", "bwt"):
+            metrics[f"{scheme}.{key}_std"] = float(np.std([r[key] for r in runs]))
+        metrics[f"{scheme}.wall_s"] = time.perf_counter() - t0
+        log.info("bench tpp %s: ll_next %.3f +- %.3f, forgetting %.3f +- %.3f over %d seeds, %.0f s", scheme,
+                 metrics[f"{scheme}.ll_next"], metrics[f"{scheme}.ll_next_std"], metrics[f"{scheme}.forgetting"],
+                 metrics[f"{scheme}.forgetting_std"], n_seeds, metrics[f"{scheme}.wall_s"])
+    metrics["seeds"] = n_seeds
     return "cpu", metrics
 
 

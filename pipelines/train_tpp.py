@@ -46,6 +46,7 @@ SCHEMES: tuple[str, ...] = ("prompttpp", "online", "retrain", "pretrain")
 class TPPTrainConfig:
     scheme: str = "prompttpp"
     epochs: int = 3  # per window; the best dev epoch is kept
+    first_epochs: int = 0  # passes over the first window (every scheme; 0 = ``epochs``)
     batch_size: int = 64
     lr: float = 1e-3
     n_samples: int = 50  # thinning samples for next-event prediction
@@ -59,8 +60,8 @@ class TPPTrainConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {self.scheme!r}; choose one of {SCHEMES}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.first_epochs < 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive (first_epochs >= 0): {self}")
         if not 0 < self.base_lr_scale <= 1:
             raise ValueError(f"base_lr_scale must be in (0, 1], got {self.base_lr_scale}")
 
@@ -136,10 +137,11 @@ def _dev_ll(model: torch.nn.Module, seqs: SequenceArrays, batch_size: int) -> fl
 
 
 def train_window(model: torch.nn.Module, opt: torch.optim.Optimizer, train: SequenceArrays, dev: SequenceArrays,
-                 cfg: TPPTrainConfig, rng: np.random.Generator) -> dict[str, float]:
-    """``cfg.epochs`` passes over one window's training sequences; the best dev epoch is restored."""
+                 cfg: TPPTrainConfig, rng: np.random.Generator, epochs: int | None = None) -> dict[str, float]:
+    """``epochs`` (default ``cfg.epochs``) passes over one window's training sequences; the best dev epoch is
+    restored."""
     best, best_state, steps, t0 = -np.inf, None, 0, time.perf_counter()
-    for _ in range(cfg.epochs):
+    for _ in range(cfg.epochs if epochs is None else epochs):
         model.train()
         order = rng.permutation(len(train))
         for i in range(0, order.size, cfg.batch_size):
@@ -200,7 +202,8 @@ def run_continual(tasks: TPPTasks, cfg: TPPTrainConfig, on_window=None) -> Conti
         set_window_lr(opt, cfg, t)
         rec: dict[str, float] = {"window": float(task.window)}
         if cfg.scheme != "pretrain" or t == 0:
-            rec.update(train_window(model, opt, task.splits["train"], task.splits["dev"], cfg, rng))
+            epochs = cfg.first_epochs if t == 0 and cfg.first_epochs else cfg.epochs
+            rec.update(train_window(model, opt, task.splits["train"], task.splits["dev"], cfg, rng, epochs))
         state = io.BytesIO()
         save_state(state, model, opt, {"task": t, "scheme": cfg.scheme})
         for j, other in enumerate(tasks.tasks):

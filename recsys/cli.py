@@ -302,6 +302,8 @@ def cmd_train_tpp(args: argparse.Namespace, cfg: PlatformConfig) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", 2)
     if args.lr <= 0:
         raise CliError("--lr must be > 0", 2)
+    if args.first_epochs < 0:
+        raise CliError(f"--first-epochs must be >= 0, got {args.first_epochs}", 2)
     if not 0 < args.base_lr_scale <= 1:
         raise CliError(f"--base-lr-scale must be in (0, 1], got {args.base_lr_scale}", 2)
     model = _json_object("--model-options", args.model_options, '{"d_model": 64}')
@@ -313,7 +315,8 @@ def cmd_train_tpp(args: argparse.Namespace, cfg: PlatformConfig) -> int:
             kind(**options)
         except (TypeError, ValueError) as exc:
             raise CliError(f"{flag}: {exc}", 2) from exc
-    tcfg = job.TPPTrainConfig(scheme=args.scheme, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    tcfg = job.TPPTrainConfig(scheme=args.scheme, epochs=args.epochs, first_epochs=args.first_epochs,
+                              batch_size=args.batch_size, lr=args.lr,
                               n_samples=args.samples, eval_max_sequences=args.eval_sequences, seed=args.seed,
                               model=model, prompt=prompt, base_lr_scale=args.base_lr_scale,
                               progress=not args.quiet)
@@ -736,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--window-days", type=int, default=3, help="days per task window (CST)")
     tp.add_argument("--max-len", type=int, default=128, help="events kept per user and window (the last ones)")
     tp.add_argument("--epochs", type=int, default=2, help="passes per window (best dev epoch kept)")
+    tp.add_argument("--first-epochs", type=int, default=0, help="passes over the first window (0 = --epochs)")
     tp.add_argument("--batch-size", type=int, default=64)
     tp.add_argument("--lr", type=float, default=1e-3)
     tp.add_argument("--base-lr-scale", type=float, default=1.0,

@@ -14,6 +14,7 @@ from pipelines.train_tpp import (
     intensity_agreement,
     load_tpp_tasks,
     make_optimizer,
+    run_continual,
     set_window_lr,
 )
 from recsys.data.tpp_truth import TPPTruth, true_total_intensity, window_bounds_ms
@@ -42,6 +43,11 @@ def test_bench_tpp_runs_every_scheme_on_tiny() -> None:
         assert -1.0 <= m[f"{scheme}.intensity_corr"] <= 1.0 and m[f"{scheme}.intensity_mae_log"] > 0
         # the true intensities (privileged: they see every exposure) score the same test sequences far better
         assert m["oracle.ll_next"] > m[f"{scheme}.ll_next"]
+        # two training seeds: the headline numbers are their means
+        seeds = [m[f"{scheme}.seed{k}.ll_next"] for k in range(m["seeds"])]
+        assert m[f"{scheme}.ll_next"] == pytest.approx(np.mean(seeds))
+        assert m[f"{scheme}.ll_next_std"] == pytest.approx(np.std(seeds))
+    assert m["seeds"] == 2 and m["prompttpp.seed0.ll_next"] != m["prompttpp.seed1.ll_next"]  # really two seeds
     assert m["oracle.zero_intensity_events"] == 0
     assert m["oracle.ll_next"] == pytest.approx(np.mean([m["oracle.w0.ll_next"], m["oracle.w1.ll_next"]]))
 
@@ -104,3 +110,14 @@ def test_optimizer_groups_split_backbone_and_prompts_and_scale_after_the_first_w
     assert make_optimizer(plain, 1e-3).param_groups[1]["params"] == []
     with pytest.raises(ValueError, match="base_lr_scale"):
         TPPTrainConfig(base_lr_scale=0.0)
+
+
+def test_first_window_gets_its_own_number_of_epochs(tiny_dir) -> None:
+    tasks = load_tpp_tasks(tiny_dir, window_days=7, max_len=16)
+    cfg = TPPTrainConfig(scheme="online", epochs=1, first_epochs=3, batch_size=32, n_samples=4,
+                         eval_max_sequences=8, progress=False)
+    res = run_continual(tasks, cfg)
+    batches = [int(np.ceil(len(t.splits["train"]) / cfg.batch_size)) for t in tasks.tasks]
+    assert [int(r["steps"]) for r in res.per_window] == [3 * batches[0], *batches[1:]]
+    with pytest.raises(ValueError, match="first_epochs"):
+        TPPTrainConfig(first_epochs=-1)

@@ -241,7 +241,6 @@ def test_train_retrieval_popularity_needs_no_training(data_dir: Path, capsys: py
 @pytest.mark.parametrize("flags, message", [
     (["--negatives", "0"], "--negatives must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
-    (["--base-lr-scale", "1.5"], "--base-lr-scale must be in (0, 1]"),
     (["--alias", "champion", "--no-mlflow"], "--alias needs MLflow tracking"),
     (["--options", "{dim"], "--options must be a JSON object"),
     (["--options", '{"depth": 3}'], "unknown option(s) ['depth'] for grank"),
@@ -280,6 +279,8 @@ def test_train_tpp_stream_embedded(data_dir: Path, capsys: pytest.CaptureFixture
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--base-lr-scale", "1.5"], "--base-lr-scale must be in (0, 1]"),
+    (["--first-epochs", "-1"], "--first-epochs must be >= 0"),
     (["--model-options", "[1]"], "--model-options must be a JSON object"),
     (["--stream", "--lateness-min", "-1"], "--lateness-min must be >= 0"),
     (["--model-options", '{"depth": 3}'], "--model-options: "),
