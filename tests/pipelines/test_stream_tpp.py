@@ -31,9 +31,10 @@ def events(tiny_dir: Path) -> pl.DataFrame:
     return load_events(tiny_dir, until=WINDOW_START_MS + DAYS * MS_PER_DAY - 1)
 
 
-def _cfg(**kw) -> StreamTPPConfig:
-    train = TPPTrainConfig(scheme="prompttpp", epochs=1, batch_size=32, n_samples=8, eval_max_sequences=8,
-                           model={"d_model": 16, "d_time": 8, "layers": 1, "n_mc": 5}, progress=False)
+def _cfg(first_epochs: int = 0, **kw) -> StreamTPPConfig:
+    train = TPPTrainConfig(scheme="prompttpp", epochs=1, first_epochs=first_epochs, batch_size=32, n_samples=8,
+                           eval_max_sequences=8, model={"d_model": 16, "d_time": 8, "layers": 1, "n_mc": 5},
+                           progress=False)
     return StreamTPPConfig(train=train, window_days=2, max_len=32, idle_timeout_s=0.0, poll_timeout_ms=0, **kw)
 
 
@@ -62,8 +63,11 @@ def test_in_process_stream_updates_per_window_and_writes_features(events: pl.Dat
     bus, layout, store = InProcessBus(), TopicLayout(), InMemoryStore()
     n = publish(iter_events(events), bus.sink(), layout)
     bus.sink().send(layout.user, b"1", b"{not json", [])  # a bad message: dead-lettered, the stream goes on
-    res = run_stream_tpp(bus.source(layout.event_topics, "tpp"), store, bus.sink(), layout.dlq, _cfg())
+    res = run_stream_tpp(bus.source(layout.event_topics, "tpp"), store, bus.sink(), layout.dlq, _cfg(first_epochs=2))
     assert res.dead_lettered == 1 and len(bus.messages(layout.dlq)) == 1
+    # the first closed window trains first_epochs passes, the later ones epochs (batch 32, 70 % of users train)
+    batches = [int(np.ceil(round(0.7 * r["users"]) / 32)) for r in res.windows]
+    assert [int(r["steps"]) for r in res.windows] == [2 * batches[0], *batches[1:]]
     user_events = events.filter(pl.col("type").is_in(["click", "comment", "like", "gift"])).height
     assert res.events == user_events < n
     _check(res, store, events)
