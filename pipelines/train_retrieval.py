@@ -100,13 +100,15 @@ def score_candidates(model: torch.nn.Module | None, ds: RetrievalDataset, users:
         return np.where(valid, ds.popularity_scores(cands, times), -np.inf)
     model.eval()
     device = next(model.parameters()).device
+    needs_pop = getattr(model, "ranker", None) is not None  # only GRank's ranker reads candidate popularity
     out = np.empty(cands.shape, np.float64)
     for i in range(0, users.size, batch_size):
         sl = slice(i, i + batch_size)
         q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
         c = torch.as_tensor(cands[sl], device=device)
         v = torch.as_tensor(valid[sl], device=device)
-        pop = torch.as_tensor(candidate_popularity(ds, cands[sl], times[sl]), device=device)
+        pop = (torch.as_tensor(candidate_popularity(ds, cands[sl], times[sl]), device=device) if needs_pop
+               else None)
         with _autocast(device):
             out[sl] = model.scores(q, c, v, pop).double().cpu().numpy()
     return out
