@@ -171,6 +171,34 @@ def rank_rows(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return batch[rank::world_size]
 
 
+def all_reduce_losses(total: Tensor, parts: dict[str, Tensor]) -> tuple[float, dict[str, float]]:
+    """The global loss and its parts of one step: every rank's contributions summed in one all-reduce."""
+    keys = sorted(parts)
+    vec = torch.stack([total.detach().float()] + [parts[k].detach().float() for k in keys])
+    dist.all_reduce(vec)
+    vals = vec.cpu().tolist()
+    return vals[0], dict(zip(keys, vals[1:]))
+
+
+def log_train_step(tracker: Any, rank: int, step: int, n_steps: int, loss: float, parts: dict[str, float]) -> None:
+    """Rank 0 only: the step's global loss and parts to ``tracker`` (``None``: no tracking) and a log line on the
+    first, every 10th and the last step."""
+    if rank != 0:
+        return
+    if tracker is not None:
+        tracker.log_metrics({"train_loss": loss, **{f"loss.{k}": v for k, v in parts.items()}}, step=step)
+    if step == 1 or step % 10 == 0 or step == n_steps:
+        log.info("step %d/%d loss %.6f", step, n_steps, loss)
+
+
+def timed_throughput(n_steps: int, batch_size: int, t_timed: float | None) -> tuple[int, float, float]:
+    """``(timed steps, seconds, samples/s)`` of a run whose timer started at the beginning of step 2 (step 1 pays
+    for lazy initialisation and is not timed)."""
+    timed = n_steps - 1
+    elapsed = time.perf_counter() - t_timed if t_timed is not None else float("nan")
+    return timed, elapsed, timed * batch_size / elapsed if timed > 0 else float("nan")
+
+
 def sharded_multitask_loss(out: dict[str, Tensor], labels: dict[str, Tensor], w: LossWeights,
                            aux_click_logits: list[Tensor] | None, n_rows: int,
                            n_clicked: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -442,21 +470,13 @@ def train_distributed(cfg: DistTrainConfig, env: DistEnv | None = None) -> DistT
             dense_opt.zero_grad(set_to_none=True)
             (total * world).backward()  # DDP averages: world * contribution -> the single-process gradient
             dense_opt.step()
-            keys = sorted(parts)
-            vec = torch.stack([total.detach().float()] + [parts[k].detach().float() for k in keys])
-            dist.all_reduce(vec)
-            vals = vec.cpu().tolist()
-            losses.append(vals[0])
-            parts_log.append(dict(zip(keys, vals[1:])))
-            if rank == 0:
-                tr.log_metrics({"train_loss": vals[0], **{f"loss.{k}": v for k, v in parts_log[-1].items()}}, step=step)
-                if step == 1 or step % 10 == 0 or step == len(batches):
-                    log.info("step %d/%d loss %.6f", step, len(batches), vals[0])
+            loss, loss_parts = all_reduce_losses(total, parts)
+            losses.append(loss)
+            parts_log.append(loss_parts)
+            log_train_step(tr, rank, step, len(batches), loss, loss_parts)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timed = len(batches) - 1
-        elapsed = time.perf_counter() - t_timed if t_timed is not None else float("nan")
-        sps = timed * cfg.batch_size / elapsed if timed > 0 else float("nan")
+        timed, elapsed, sps = timed_throughput(len(batches), cfg.batch_size, t_timed)
 
         # predictions of the sharded model on a fixed batch (every rank scores the same rows; a collective)
         pred_rows = ds.rows("valid")[:cfg.predict_rows]

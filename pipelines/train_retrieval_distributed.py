@@ -89,9 +89,12 @@ from pipelines import train_distributed as dist_ranker
 from pipelines.train_distributed import (
     DistEnv,
     DistTrainResult,
+    all_reduce_losses,
     global_batches,
     init_distributed,
+    log_train_step,
     rank_rows,
+    timed_throughput,
 )
 from recsys.data.retrieval import RetrievalDataset
 
@@ -312,22 +315,13 @@ def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = 
             (parts["loss"] * world).backward()  # DDP averages: world * contribution -> the single-process gradient
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.clip_norm)))
             opt.step()
-            keys = sorted(k for k in parts if k != "loss")
-            vec = torch.stack([parts["loss"].detach().float()] + [parts[k].detach().float() for k in keys])
-            dist.all_reduce(vec)
-            vals = vec.cpu().tolist()
-            losses.append(vals[0])
-            parts_log.append(dict(zip(keys, vals[1:])))
-            if tr is not None:
-                tr.log_metrics({"train_loss": vals[0], **{f"loss.{k}": v for k, v in parts_log[-1].items()}},
-                               step=step)
-            if rank == 0 and (step == 1 or step % 10 == 0 or step == len(batches)):
-                log.info("step %d/%d loss %.6f", step, len(batches), vals[0])
+            loss, loss_parts = all_reduce_losses(parts["loss"], {k: v for k, v in parts.items() if k != "loss"})
+            losses.append(loss)
+            parts_log.append(loss_parts)
+            log_train_step(tr, rank, step, len(batches), loss, loss_parts)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timed = len(batches) - 1
-        elapsed = time.perf_counter() - t_timed if t_timed is not None else float("nan")
-        sps = timed * cfg.batch_size / elapsed if timed > 0 else float("nan")
+        timed, elapsed, sps = timed_throughput(len(batches), cfg.batch_size, t_timed)
         replica_diff = _replica_max_abs_diff(model)
         summary.update({"losses": losses, "loss_parts": parts_log, "grad_norms": grad_norms, "samples_per_s": sps,
                         "timed_steps": timed, "timed_s": elapsed, "setup_s": setup_s, "global_batch": cfg.batch_size,
