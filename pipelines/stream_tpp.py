@@ -187,9 +187,8 @@ class StreamingTPP:
         set_window_lr(self.opt, self.cfg.train, len(self.records))
         task = make_task(ws, self.scale[0], self.cfg.train.seed, self.cfg.window_days)
         t0 = time.perf_counter()
-        first = not self.records and self.cfg.train.first_epochs
         fit = train_window(self.model, self.opt, task.splits["train"], task.splits["dev"], self.cfg.train, self.rng,
-                           self.cfg.train.first_epochs if first else None)
+                           self.cfg.train.epochs_for(len(self.records)))
         metrics = evaluate(self.model, task.splits["test"], self.cfg.train)
         buf = io.BytesIO()
         save_state(buf, self.model, self.opt, {"window": window})

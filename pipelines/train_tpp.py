@@ -65,6 +65,10 @@ class TPPTrainConfig:
         if not 0 < self.base_lr_scale <= 1:
             raise ValueError(f"base_lr_scale must be in (0, 1], got {self.base_lr_scale}")
 
+    def epochs_for(self, task: int) -> int:
+        """Passes over task ``task``: ``first_epochs`` on the first window when set, ``epochs`` otherwise."""
+        return self.first_epochs if task == 0 and self.first_epochs else self.epochs
+
 
 def to_batch(seqs: SequenceArrays, device: torch.device | str = "cpu") -> TPPBatch:
     return TPPBatch(times=torch.as_tensor(seqs.times, device=device), types=torch.as_tensor(seqs.types, device=device),
@@ -202,8 +206,8 @@ def run_continual(tasks: TPPTasks, cfg: TPPTrainConfig, on_window=None) -> Conti
         set_window_lr(opt, cfg, t)
         rec: dict[str, float] = {"window": float(task.window)}
         if cfg.scheme != "pretrain" or t == 0:
-            epochs = cfg.first_epochs if t == 0 and cfg.first_epochs else cfg.epochs
-            rec.update(train_window(model, opt, task.splits["train"], task.splits["dev"], cfg, rng, epochs))
+            rec.update(train_window(model, opt, task.splits["train"], task.splits["dev"], cfg, rng,
+                                    cfg.epochs_for(t)))
         state = io.BytesIO()
         save_state(state, model, opt, {"task": t, "scheme": cfg.scheme})
         for j, other in enumerate(tasks.tasks):
@@ -269,7 +273,7 @@ def intensity_agreement(model: torch.nn.Module, tasks: TPPTasks, t: int, seqs: S
     log ratio (``intensity_mae_log``), both in the tasks' time unit."""
     model.eval()
     raw = tasks.sequences[t]
-    row_of = {int(u): i for i, u in enumerate(raw.users)}
+    raw_rows = raw.rows_of(seqs.user_id)
     bounds = window_bounds_ms(tasks, t, window_days)
     learned, true = [], []
     for i in range(0, len(seqs), 64):
@@ -278,7 +282,7 @@ def intensity_agreement(model: torch.nn.Module, tasks: TPPTasks, t: int, seqs: S
         mid = torch.cat([(b.times[:, 1:] + b.times[:, :-1]) / 2, b.times[:, -1:]], 1)
         lam = model.intensities(b, mid[..., None])[..., 0, :].sum(-1).numpy()  # [B, S]
         for r, u in enumerate(part.user_id):
-            ms = raw.timestamps_ms[row_of[int(u)]]
+            ms = raw.timestamps_ms[raw_rows[i + r]]
             gap = np.flatnonzero(np.diff(ms) > 0)  # intervals between events at different milliseconds
             true.append(true_total_intensity(truth, int(u), (ms[gap] + ms[gap + 1]) // 2, bounds)
                         * tasks.time_scale_min)

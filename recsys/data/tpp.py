@@ -114,6 +114,11 @@ class WindowSequences:
     types: list[np.ndarray]
     timestamps_ms: list[np.ndarray] = field(default_factory=list)
 
+    def rows_of(self, users: np.ndarray) -> np.ndarray:
+        """Row index of each of ``users`` here (a user has one sequence per window); ``KeyError`` for a stranger."""
+        row = {int(u): i for i, u in enumerate(self.users)}
+        return np.array([row[int(u)] for u in users], dtype=np.int64)
+
 
 def window_sequences(events: pl.DataFrame, window_days: int = 3, max_len: int = 128, min_events: int = 2
                      ) -> list[WindowSequences]:

@@ -232,11 +232,9 @@ def oracle_log_likelihood(truth: TPPTruth, tasks: TPPTasks, t: int, seqs: Sequen
     raw = tasks.sequences[t]
     if not raw.timestamps_ms:
         raise ValueError("oracle_log_likelihood: the tasks were built without raw timestamps")
-    row_of = {int(u): i for i, u in enumerate(raw.users)}
     bounds = window_bounds_ms(tasks, t, window_days)
     ll = n = zero = 0.0
-    for u in seqs.user_id:
-        i = row_of[int(u)]
+    for u, i in zip(seqs.user_id, raw.rows_of(seqs.user_id)):
         s = sequence_log_likelihood(truth, int(u), raw.timestamps_ms[i], raw.types[i], tasks.time_scale_min, bounds)
         ll += s.event_ll - s.integral
         n += s.n_events
