@@ -245,13 +245,6 @@ def resolve_sparse_optimizer(name: str, device_type: str) -> str:
     return name
 
 
-def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    from torchrec.optim import RowWiseAdagrad
-
-    return {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad,
-            "sgd": torch.optim.SGD}[name]
-
-
 # =============================================================================
 # Process group, sharding, state dicts
 # =============================================================================
@@ -408,7 +401,7 @@ def train_distributed(cfg: DistTrainConfig, env: DistEnv | None = None) -> DistT
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from models.ranking.export import save_ranker
-    from pipelines.train_ranker import _autocast, load_ranking_dataset
+    from pipelines.train_ranker import _autocast, load_ranking_dataset, optimizer_class
     from recsys.config import load_config
 
     env = env or init_distributed(cfg.device)
@@ -425,7 +418,7 @@ def train_distributed(cfg: DistTrainConfig, env: DistEnv | None = None) -> DistT
     rcfg = RankerConfig.for_model(cfg.model, **cfg.overrides)
     model = Ranker(ds.spec, rcfg)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    apply_optimizer_in_backward(_optimizer_class(sparse_opt), model.encoder.embedding_parameters(),
+    apply_optimizer_in_backward(optimizer_class(sparse_opt), model.encoder.embedding_parameters(),
                                 {"lr": cfg.embedding_lr})
     dmp, plan = shard_model(model, env, cfg.sharding, math.ceil(cfg.batch_size / world))
     load_full_state(dmp, {k: v.to(device) for k, v in initial.items()})

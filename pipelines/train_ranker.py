@@ -33,6 +33,36 @@ from recsys.tracking import tracking_run
 log = logging.getLogger(__name__)
 
 
+#: Optimizers for the embedding tables, by name (the dense part always uses Adam).
+EMBEDDING_OPTIMIZERS: tuple[str, ...] = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The optimizer class for one of :data:`EMBEDDING_OPTIMIZERS` (row-wise Adagrad is TorchRec's)."""
+    from torchrec.optim import RowWiseAdagrad
+
+    classes = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad,
+               "sgd": torch.optim.SGD}
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(classes)}")
+    return classes[name]
+
+
+class JointOptimizer:
+    """Several optimizers stepped together (embedding tables and dense parameters), one ``zero_grad``/``step``."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
 @dataclass
 class RankerTrainConfig:
     model: str = "tokenmixer"
@@ -40,6 +70,7 @@ class RankerTrainConfig:
     batch_size: int = 2048
     lr: float = 3e-3
     embedding_lr: float = 1e-2
+    embedding_optimizer: str = "adam"  # adam | adagrad | rowwise_adagrad | sgd (the id and field tables)
     weight_decay: float = 0.0
     eval_every: int = 0  # steps between validation checks; 0 = once per epoch
     patience: int = 2  # validation checks without improvement before stopping
@@ -54,8 +85,11 @@ class RankerTrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # RankerConfig overrides (e.g. backbone sizes)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.embedding_lr <= 0:
+            raise ValueError(f"epochs, batch_size, lr and embedding_lr must be positive: {self}")
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise ValueError(f"unknown embedding optimizer {self.embedding_optimizer!r}; "
+                             f"choose one of {', '.join(EMBEDDING_OPTIMIZERS)}")
 
 
 @dataclass
@@ -166,13 +200,13 @@ def inference_latency(model: Ranker, ds: RankingDataset, n_candidates: int = 500
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
-def _optimizer(model: Ranker, cfg: RankerTrainConfig) -> torch.optim.Optimizer:
-    emb = {id(p) for p in model.encoder.embedding_parameters()}
+def _optimizer(model: Ranker, cfg: RankerTrainConfig) -> JointOptimizer:
+    """``embedding_optimizer`` at ``embedding_lr`` on the tables, Adam at ``lr`` on everything else."""
+    tables = model.encoder.embedding_parameters()
+    emb = {id(p) for p in tables}
     dense = [p for p in model.parameters() if id(p) not in emb]
-    return torch.optim.Adam([
-        {"params": model.encoder.embedding_parameters(), "lr": cfg.embedding_lr},
-        {"params": dense, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-    ])
+    return JointOptimizer(optimizer_class(cfg.embedding_optimizer)(tables, lr=cfg.embedding_lr),
+                          torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
 
 
 def fit_ranker(ds: RankingDataset, cfg: RankerTrainConfig, on_eval=None) -> RankerTrainResult:

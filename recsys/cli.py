@@ -186,7 +186,7 @@ def cmd_ingest(args: argparse.Namespace, cfg: PlatformConfig) -> int:
 
 
 RANKER_MODELS = ("tokenmixer", "rankmixer", "dcnv2", "deepfm", "wide_deep", "dnn", "tokenmixer_no_mixing",
-                 "tokenmixer_shared_ffn", "tokenmixer_no_moe")
+                 "tokenmixer_shared_ffn", "tokenmixer_no_moe", "tokenmixer_mlp_global")
 
 
 def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
@@ -203,7 +203,8 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     tcfg = job.RankerTrainConfig(
         overrides={"backbone": backbone} if backbone else {},
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, embedding_lr=args.embedding_lr,
-        max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience, seed=args.seed,
+        embedding_optimizer=args.embedding_optimizer, max_steps=args.max_steps, eval_every=args.eval_every,
+        patience=args.patience, seed=args.seed,
         device=args.device, progress=not args.quiet, register_name=args.register or None,
     )
     job.RankerConfig.for_model(args.model, **dict(tcfg.overrides))  # bad --backbone fails before the data loads
@@ -671,7 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--batch-size", type=int, default=2048)
     r.add_argument("--lr", type=float, default=3e-3, help="dense learning rate (Adam)")
-    r.add_argument("--embedding-lr", type=float, default=1e-2, help="embedding-table learning rate (Adam)")
+    r.add_argument("--embedding-lr", type=float, default=1e-2, help="embedding-table learning rate")
+    r.add_argument("--embedding-optimizer", choices=("adam", "adagrad", "rowwise_adagrad", "sgd"), default="adam",
+                   help="optimizer of the embedding tables (the dense part always uses Adam)")
     r.add_argument("--max-steps", type=int, default=0, help="step budget (0 = epochs only)")
     r.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0 = each epoch)")
     r.add_argument("--patience", type=int, default=2, help="validation checks without AUC gain before stopping")

@@ -45,6 +45,30 @@ class Backbone(nn.Module):
                 raise ValueError(f"feature group {i}: expected shape [B, {d}], got {list(g.shape)}")
 
 
+class CrossLayerV2(nn.Module):
+    """One DCN-V2 cross layer: ``x_{l+1} = x0 * (W x_l + b) + x_l`` (element-wise product), all [B, dim].
+
+    Full rank (``rank=None``): ``self.proj = Linear(dim, dim)`` holds ``W`` [dim, dim] and ``b`` [dim].
+    Low rank: ``W = U V^T`` with ``U``, ``V`` of shape [dim, rank]; ``self.proj = Sequential(Linear(dim, rank,
+    bias=False), Linear(rank, dim))`` whose first weight is ``V^T`` [rank, dim] and second weight ``U`` [dim, rank]
+    with bias ``b`` [dim]. Cost per layer: O(dim^2) full rank, O(dim*rank) low rank.
+    """
+
+    def __init__(self, dim: int, rank: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.rank = rank
+        self.proj: nn.Module
+        if rank is None:
+            self.proj = nn.Linear(dim, dim)
+        else:
+            self.proj = nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
+
+    def forward(self, x0: Tensor, xl: Tensor) -> Tensor:
+        """``x0``, ``xl``: [B, dim] -> [B, dim]."""
+        return x0 * self.proj(xl) + xl
+
+
 def mlp(dims: list[int], activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0,
         last_activation: bool = True) -> nn.Sequential:
     """Plain MLP ``dims[0] -> dims[1] -> ... -> dims[-1]``; activation after every layer (after the last one too

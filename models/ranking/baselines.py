@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.ranking.backbone import Backbone, BackboneOutput, mlp
+from models.ranking.backbone import Backbone, BackboneOutput, CrossLayerV2, mlp
 
 DCN_STRUCTURES = ("parallel", "stacked")
 
@@ -150,30 +150,6 @@ class DNNBackbone(Backbone):
 # =============================================================================
 # DCN-V2
 # =============================================================================
-
-
-class CrossLayerV2(nn.Module):
-    """One DCN-V2 cross layer: ``x_{l+1} = x0 * (W x_l + b) + x_l`` (element-wise product), all [B, dim].
-
-    Full rank (``rank=None``): ``self.proj = Linear(dim, dim)`` holds ``W`` [dim, dim] and ``b`` [dim].
-    Low rank: ``W = U V^T`` with ``U``, ``V`` of shape [dim, rank]; ``self.proj = Sequential(Linear(dim, rank,
-    bias=False), Linear(rank, dim))`` whose first weight is ``V^T`` [rank, dim] and second weight ``U`` [dim, rank]
-    with bias ``b`` [dim]. Cost per layer: O(dim^2) full rank, O(dim*rank) low rank.
-    """
-
-    def __init__(self, dim: int, rank: int | None = None) -> None:
-        super().__init__()
-        self.dim = dim
-        self.rank = rank
-        self.proj: nn.Module
-        if rank is None:
-            self.proj = nn.Linear(dim, dim)
-        else:
-            self.proj = nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
-
-    def forward(self, x0: Tensor, xl: Tensor) -> Tensor:
-        """``x0``, ``xl``: [B, dim] -> [B, dim]."""
-        return x0 * self.proj(xl) + xl
 
 
 class DCNv2Backbone(Backbone):

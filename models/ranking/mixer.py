@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.ranking.backbone import Backbone, BackboneOutput, mlp
+from models.ranking.backbone import Backbone, BackboneOutput, CrossLayerV2, mlp
 
 MixerKind = Literal["tokenmixer", "rankmixer"]
 GateSoftmax = Literal["topk", "all"]
+GlobalToken = Literal["mlp", "cross"]
 
 
 # =============================================================================
@@ -360,6 +361,8 @@ class MixerConfig:
     * ``aux_loss``: expose mean-pooled ``X_l`` of the layers that receive an inter-residual as
       ``BackboneOutput.aux`` (needs ``inter_residual_every > 0``).
     * ``down_init_scale``: ``W_down`` init multiplier (TML, brief §5.5). ``dropout``: on every FFN output.
+    * ``global_token``: how ``tokenmixer`` builds its global token, ``"mlp"`` (the paper) or ``"cross"``
+      (:class:`CrossGlobalToken`); ignored by ``rankmixer``, which has no global token.
     """
 
     kind: MixerKind = "tokenmixer"
@@ -379,6 +382,7 @@ class MixerConfig:
     down_init_scale: float = 0.01
     dropout: float = 0.0
     gate_softmax: GateSoftmax = "topk"
+    global_token: GlobalToken = "mlp"
 
     def __post_init__(self) -> None:
         owner = "MixerConfig"
@@ -404,6 +408,8 @@ class MixerConfig:
                              "layers that receive inter-layer residuals)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{owner}.dropout must lie in [0, 1), got {self.dropout}")
+        if self.global_token not in ("mlp", "cross"):
+            raise ValueError(f"{owner}.global_token must be 'mlp' or 'cross', got {self.global_token!r}")
         if not self.down_init_scale > 0:
             raise ValueError(f"{owner}.down_init_scale must be > 0, got {self.down_init_scale}")
 
@@ -413,17 +419,38 @@ class MixerConfig:
         return [] if s == 0 else list(range(s, self.layers, s))
 
 
+class CrossGlobalToken(nn.Module):
+    """Global token built with one DCN-V2 cross layer over the raw concatenation, then a projection to ``D``:
+    ``Linear(x0 * (W x0 + b) + x0)``, ``[B, D0] -> [B, D]``.
+
+    The paper's global token is ``MLP_global(x0)``. On KuaiLive-sized data that token learns the user x candidate
+    interactions slowly (every raw feature is first squeezed through a ReLU MLP); the cross layer gives the mixer
+    every pairwise product of raw features in its first layer, as DCN-V2 has (``global_token="cross"``).
+    """
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.cross = CrossLayerV2(in_dim)
+        self.proj = nn.Linear(in_dim, dim)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        """``x0``: [B, D0] -> [B, D]."""
+        return self.proj(self.cross(x0, x0))
+
+
 class GroupTokenizer(nn.Module):
-    """TML tokenizer (brief §1.2): token ``g + 1`` = ``MLP_g(groups[g])``; token 0 = the global token
-    ``MLP_global(concat(groups))`` over the raw groups. ``[B, d_g] x G -> [B, G + 1, D]``.
+    """TML tokenizer (brief §1.2): token ``g + 1`` = ``MLP_g(groups[g])``; token 0 = the global token over the raw
+    groups: ``MLP_global(concat(groups))`` (the paper, ``global_token="mlp"``) or :class:`CrossGlobalToken`
+    (``"cross"``). ``[B, d_g] x G -> [B, G + 1, D]``.
 
     Each MLP is ``d_in -> D -> D`` with ReLU in between and no activation after the last layer.
     """
 
-    def __init__(self, group_dims: list[int], dim: int) -> None:
+    def __init__(self, group_dims: list[int], dim: int, global_token: GlobalToken = "mlp") -> None:
         super().__init__()
         self.group_mlps = nn.ModuleList(mlp([d, dim, dim], last_activation=False) for d in group_dims)
-        self.global_mlp = mlp([sum(group_dims), dim, dim], last_activation=False)
+        self.global_mlp: nn.Module = (CrossGlobalToken(sum(group_dims), dim) if global_token == "cross"
+                                      else mlp([sum(group_dims), dim, dim], last_activation=False))
 
     def forward(self, groups: list[Tensor]) -> Tensor:
         """``groups[g]``: [B, d_g] -> tokens [B, G + 1, D] (global token first)."""
@@ -487,7 +514,7 @@ class MixerBackbone(Backbone):
         self.tokenizer: GroupTokenizer | ChunkTokenizer
         blocks: list[nn.Module]
         if cfg.kind == "tokenmixer":
-            self.tokenizer = GroupTokenizer(dims, cfg.dim)
+            self.tokenizer = GroupTokenizer(dims, cfg.dim, cfg.global_token)
             blocks = [TokenMixerLargeBlock(cfg.n_tokens, cfg.dim, cfg.heads, cfg.expansion, moe=cfg.moe,
                                            n_experts=cfg.n_experts, top_k=cfg.top_k, gate_scale=cfg.gate_scale,
                                            mixing=cfg.mixing, per_token=cfg.per_token,
@@ -529,6 +556,7 @@ class MixerBackbone(Backbone):
 
 __all__ = [
     "ChunkTokenizer",
+    "CrossGlobalToken",
     "GroupTokenizer",
     "MixerBackbone",
     "MixerConfig",

@@ -86,6 +86,39 @@ def test_early_stopping(ds: RankingDataset) -> None:
 
 
 def test_train_config_validation() -> None:
-    for bad in ({"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}):
+    for bad in ({"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"embedding_lr": 0.0}):
         with pytest.raises(ValueError):
             RankerTrainConfig(**bad)
+    with pytest.raises(ValueError, match="unknown embedding optimizer 'lamb'"):
+        RankerTrainConfig(embedding_optimizer="lamb")
+
+
+@pytest.mark.parametrize("name", ["adam", "rowwise_adagrad"])
+def test_embedding_optimizer_updates_the_tables_only(ds: RankingDataset, name: str) -> None:
+    """The tables get the configured optimizer (row-wise Adagrad keeps one accumulator per row), the rest Adam."""
+    from torchrec.optim import RowWiseAdagrad
+
+    from pipelines.train_ranker import _optimizer
+    from models.ranking.ranker import build_ranker
+
+    torch.manual_seed(0)
+    model = build_ranker("dnn", ds.spec)
+    opt = _optimizer(model, _cfg(embedding_optimizer=name, embedding_lr=0.05))
+    tables, dense = opt.optimizers
+    assert isinstance(tables, RowWiseAdagrad if name == "rowwise_adagrad" else torch.optim.Adam)
+    assert isinstance(dense, torch.optim.Adam)
+    table_ids = {id(p) for p in model.encoder.embedding_parameters()}
+    assert {id(p) for g in tables.param_groups for p in g["params"]} == table_ids
+    assert not table_ids & {id(p) for g in dense.param_groups for p in g["params"]}
+    before = {id(p): p.detach().clone() for p in model.encoder.embedding_parameters()}
+    rows = ds.rows("train")[:256]
+    x = to_input(ds.arrays(rows))
+    labels = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in ds.labels(rows).items()}
+    opt.zero_grad()
+    model.loss(model(x), labels).total.backward()
+    opt.step()
+    moved = [not torch.equal(before[id(p)], p) for p in model.encoder.embedding_parameters()]
+    assert any(moved)
+    if name == "rowwise_adagrad":
+        p = max(model.encoder.embedding_parameters(), key=lambda t: t.shape[0])
+        assert tables.state[p]["sum"].shape == (p.shape[0], 1)

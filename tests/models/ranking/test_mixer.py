@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from models.ranking.backbone import BackboneOutput
 from models.ranking.mixer import (
     ChunkTokenizer,
+    CrossGlobalToken,
     GroupTokenizer,
     MixerBackbone,
     MixerConfig,
@@ -405,6 +406,28 @@ def test_group_tokenizer_global_token_first_and_per_group_tokens() -> None:
         assert changed.tolist() == [i in (0, g + 1) for i in range(len(GROUP_DIMS) + 1)]
 
 
+def test_cross_global_token_is_a_dcn_cross_layer_then_a_projection() -> None:
+    torch.manual_seed(0)
+    d0 = sum(GROUP_DIMS)
+    token = CrossGlobalToken(d0, 16)
+    x0 = torch.randn(4, d0)
+    w, b = token.cross.proj.weight, token.cross.proj.bias
+    expected = (x0 * (x0 @ w.T + b) + x0) @ token.proj.weight.T + token.proj.bias
+    torch.testing.assert_close(token(x0), expected)
+    # second order in the raw features: f(2x) - 2 f(x) + f(0) = 2 * P(x * Wx), which an MLP token has no term for
+    quad = token(2 * x0) - 2 * token(x0) + token(torch.zeros_like(x0))
+    torch.testing.assert_close(quad, 2 * (x0 * (x0 @ w.T)) @ token.proj.weight.T, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("global_token", ["mlp", "cross"])
+def test_group_tokenizer_global_token_kind(global_token: str) -> None:
+    tok = GroupTokenizer(GROUP_DIMS, 16, global_token)  # type: ignore[arg-type]
+    assert isinstance(tok.global_mlp, CrossGlobalToken) == (global_token == "cross")
+    assert tok(_groups(3)).shape == (3, len(GROUP_DIMS) + 1, 16)
+    model = MixerBackbone(GROUP_DIMS, MixerConfig(n_tokens=8, dim=16, heads=4, global_token=global_token))
+    assert isinstance(model.tokenizer.global_mlp, CrossGlobalToken) == (global_token == "cross")
+
+
 def test_chunk_tokenizer_pads_and_chunks_the_concatenation() -> None:
     dims = [3, 5, 7]  # 15 features, T = 4 -> padded to 16, chunks of 4
     tok = ChunkTokenizer(dims, 4, 16)
@@ -534,6 +557,8 @@ def test_config_and_backbone_validation() -> None:
         MixerConfig(aux_loss=True)
     with pytest.raises(ValueError, match="kind"):
         MixerConfig(kind="transformer")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="global_token must be 'mlp' or 'cross'"):
+        MixerConfig(global_token="attention")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="T = 6 \\+ 1 = 7"):
         MixerBackbone(GROUP_DIMS[:6], MixerConfig(n_tokens=8))
     with pytest.raises(ValueError, match="feature group 2"):
