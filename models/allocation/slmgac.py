@@ -87,7 +87,6 @@ class SLMGACConfig:
     gamma: float = 0.95
     tau: float = 0.005
     multi_group: bool = True
-    group_residual: bool = False  # group heads = a shared head + a zero-initialised head per group (GroupHeads)
     sl_reward: bool = True
     cost_weight: float = 1.0  # kappa of the anti-greedy reward, per minute of short video given up
     alloc_target: float | None = 0.3  # rho; None: no constraint
@@ -144,27 +143,19 @@ class GroupHeads(nn.Module):
     """One :class:`Head` per group, hard-routed: ``forward(h (n, d_in), group (n,) long) -> (n, d_out)``.
 
     All heads run on all rows and each row gathers its own group's output, so a row depends only on its group's head.
-    With one head (``n_heads = 1``) the group is ignored. ``residual=True``: a head shared by every group plus the
-    group's own head, whose last layer starts at zero, ``out = Shared(h) + Head_g(h)``: each group starts from the
-    pooled head and learns only its difference, so a small group is not left to fit a head on its own rows.
+    With one head (``n_heads = 1``) the group is ignored.
     """
 
-    def __init__(self, d_in: int, hidden: int, d_out: int, n_heads: int, residual: bool = False) -> None:
+    def __init__(self, d_in: int, hidden: int, d_out: int, n_heads: int) -> None:
         super().__init__()
         self.heads = nn.ModuleList(Head(d_in, hidden, d_out) for _ in range(n_heads))
-        self.shared = Head(d_in, hidden, d_out) if residual and n_heads > 1 else None
-        if self.shared is not None:
-            for head in self.heads:
-                nn.init.zeros_(head.net[-1].weight)
-                nn.init.zeros_(head.net[-1].bias)
 
     def forward(self, h: Tensor, group: Tensor) -> Tensor:
         if len(self.heads) == 1:
             return self.heads[0](h)
         out = torch.stack([head(h) for head in self.heads], dim=1)  # (n, G, d_out)
         g = group.long().clamp(0, len(self.heads) - 1)
-        own = out[torch.arange(h.shape[0], device=h.device), g]
-        return own if self.shared is None else self.shared(h) + own
+        return out[torch.arange(h.shape[0], device=h.device), g]
 
 
 class Standardize(nn.Module):
@@ -233,9 +224,9 @@ class SLMGAC(nn.Module):
             nn.Linear(cfg.n_features, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.ReLU(),
             nn.Linear(cfg.hidden, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.ReLU(),
         )
-        self.actor = GroupHeads(cfg.hidden, cfg.head_hidden, 1, n_heads, cfg.group_residual)
-        self.critic = GroupHeads(cfg.hidden, cfg.head_hidden, 2 * cfg.n_bins, n_heads, cfg.group_residual)
-        self.exposure = GroupHeads(cfg.hidden, cfg.head_hidden, 2, n_heads, cfg.group_residual)
+        self.actor = GroupHeads(cfg.hidden, cfg.head_hidden, 1, n_heads)
+        self.critic = GroupHeads(cfg.hidden, cfg.head_hidden, 2 * cfg.n_bins, n_heads)
+        self.exposure = GroupHeads(cfg.hidden, cfg.head_hidden, 2, n_heads)
         self.click_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.watch_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.video_head = Head(cfg.hidden, cfg.head_hidden, 1)

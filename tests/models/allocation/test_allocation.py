@@ -74,24 +74,6 @@ def test_group_heads_route_each_row_to_its_own_head() -> None:
     assert not torch.allclose(out2[g == 1], out[g == 1])
 
 
-def test_residual_group_heads_start_at_the_shared_head_and_route_the_rest() -> None:
-    torch.manual_seed(0)
-    gh = GroupHeads(8, 16, 3, n_heads=3, residual=True)
-    h, g = torch.randn(30, 8), torch.arange(30) % 3
-    torch.testing.assert_close(gh(h, g), gh.shared(h))  # every group's own head starts at zero
-    with torch.no_grad():
-        for head in gh.heads:
-            nn.init.normal_(head.net[-1].weight)
-    out = gh(h, g)
-    for k in range(3):
-        torch.testing.assert_close(out[g == k], gh.shared(h[g == k]) + gh.heads[k](h[g == k]))
-    loss = out[g == 0].sum()
-    loss.backward()
-    assert gh.shared.net[0].weight.grad.abs().sum() > 0 and gh.heads[0].net[0].weight.grad.abs().sum() > 0
-    assert gh.heads[1].net[0].weight.grad is None or gh.heads[1].net[0].weight.grad.abs().sum() == 0
-    assert GroupHeads(8, 16, 3, n_heads=1, residual=True).shared is None  # one head: nothing to share
-
-
 def test_actor_output_depends_only_on_its_groups_head() -> None:
     m = _model()
     x = _states(40)
