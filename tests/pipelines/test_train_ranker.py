@@ -98,8 +98,8 @@ def test_embedding_optimizer_updates_the_tables_only(ds: RankingDataset, name: s
     """The tables get the configured optimizer (row-wise Adagrad keeps one accumulator per row), the rest Adam."""
     from torchrec.optim import RowWiseAdagrad
 
-    from pipelines.train_ranker import _optimizer
     from models.ranking.ranker import build_ranker
+    from pipelines.train_ranker import _optimizer
 
     torch.manual_seed(0)
     model = build_ranker("dnn", ds.spec)
