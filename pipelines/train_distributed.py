@@ -95,13 +95,14 @@ from torch import Tensor, nn
 from models.ranking.heads import LossWeights, predictions, ziln_loss
 from models.ranking.inputs import to_input
 from models.ranking.ranker import RANKERS, Ranker, RankerConfig
+from pipelines.train_ranker import EMBEDDING_OPTIMIZERS, optimizer_class
 
 log = logging.getLogger("pipelines.train_distributed")
 
 #: sharding types that both TorchRec sharders of the encoder (EmbeddingBagCollection and EmbeddingCollection) offer
 SHARDING_TYPES: tuple[str, ...] = ("table_wise", "column_wise", "row_wise")
 CUDA_ONLY_SHARDING: frozenset[str] = frozenset({"row_wise"})  # the EmbeddingBagCollection sharder: CUDA only
-SPARSE_OPTIMIZERS: tuple[str, ...] = ("auto", "adam", "adagrad", "rowwise_adagrad", "sgd")
+SPARSE_OPTIMIZERS: tuple[str, ...] = ("auto", *EMBEDDING_OPTIMIZERS)
 #: the optimizers of FBGEMM's fused CPU kernel (split_table_batched_embeddings_ops_training, ``use_cpu``)
 CPU_FUSED_OPTIMIZERS: frozenset[str] = frozenset({"adagrad", "rowwise_adagrad", "sgd"})
 RESULT_FILE = "train_distributed.json"
@@ -401,7 +402,7 @@ def train_distributed(cfg: DistTrainConfig, env: DistEnv | None = None) -> DistT
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from models.ranking.export import save_ranker
-    from pipelines.train_ranker import _autocast, load_ranking_dataset, optimizer_class
+    from pipelines.train_ranker import _autocast, load_ranking_dataset
     from recsys.config import load_config
 
     env = env or init_distributed(cfg.device)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchrec.optim import RowWiseAdagrad
 from tqdm.auto import tqdm
 
 from models.ranking.export import save_ranker
@@ -33,19 +34,18 @@ from recsys.tracking import tracking_run
 log = logging.getLogger(__name__)
 
 
-#: Optimizers for the embedding tables, by name (the dense part always uses Adam).
-EMBEDDING_OPTIMIZERS: tuple[str, ...] = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+#: Optimizers for the embedding tables, by name (the dense part always uses Adam; row-wise Adagrad is TorchRec's).
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad, "sgd": torch.optim.SGD,
+}
+EMBEDDING_OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZER_CLASSES)
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The optimizer class for one of :data:`EMBEDDING_OPTIMIZERS` (row-wise Adagrad is TorchRec's)."""
-    from torchrec.optim import RowWiseAdagrad
-
-    classes = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad,
-               "sgd": torch.optim.SGD}
-    if name not in classes:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(classes)}")
-    return classes[name]
+    """The optimizer class for one of :data:`EMBEDDING_OPTIMIZERS`."""
+    if name not in OPTIMIZER_CLASSES:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(EMBEDDING_OPTIMIZERS)}")
+    return OPTIMIZER_CLASSES[name]
 
 
 class JointOptimizer:

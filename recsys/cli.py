@@ -187,6 +187,7 @@ def cmd_ingest(args: argparse.Namespace, cfg: PlatformConfig) -> int:
 
 RANKER_MODELS = ("tokenmixer", "rankmixer", "dcnv2", "deepfm", "wide_deep", "dnn", "tokenmixer_no_mixing",
                  "tokenmixer_shared_ffn", "tokenmixer_no_moe", "tokenmixer_mlp_global")
+EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
 
 
 def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
@@ -673,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=2048)
     r.add_argument("--lr", type=float, default=3e-3, help="dense learning rate (Adam)")
     r.add_argument("--embedding-lr", type=float, default=1e-2, help="embedding-table learning rate")
-    r.add_argument("--embedding-optimizer", choices=("adam", "adagrad", "rowwise_adagrad", "sgd"), default="adam",
+    r.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default="adam",
                    help="optimizer of the embedding tables (the dense part always uses Adam)")
     r.add_argument("--max-steps", type=int, default=0, help="step budget (0 = epochs only)")
     r.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0 = each epoch)")

@@ -213,9 +213,11 @@ def test_train_ranker_unknown_backbone_option(data_dir: Path, capsys: pytest.Cap
 def test_cli_model_choices_are_the_registry() -> None:
     """The CLI may not import ``models`` at start-up, so it keeps its own list: it must stay the registry's."""
     from models.ranking.ranker import RANKERS
-    from recsys.cli import RANKER_MODELS
+    from pipelines import train_ranker
+    from recsys.cli import EMBEDDING_OPTIMIZERS, RANKER_MODELS
 
     assert RANKER_MODELS == tuple(RANKERS)
+    assert EMBEDDING_OPTIMIZERS == train_ranker.EMBEDDING_OPTIMIZERS
 
 
 # --------------------------------------------------------------------------------------------------------- retrieval
