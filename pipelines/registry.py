@@ -25,7 +25,8 @@ _LIST_COLUMNS = ("user_profile", "streamer_profile", "context", "title", "dense"
 
 def arrays_to_frame(a: FeatureArrays) -> pd.DataFrame:
     """FeatureArrays -> one row per sample, list-valued columns (histories trimmed to their lengths)."""
-    data: dict[str, object] = {"user_idx": a.user_idx.astype(np.int64), "streamer_idx": a.streamer_idx.astype(np.int64)}
+    data: dict[str, object] = {"user_idx": a.user_idx.astype(np.int64), "streamer_idx": a.streamer_idx.astype(np.int64),
+                               "time_ms": a.time_ms.astype(np.int64)}
     for name in ("user_profile", "streamer_profile", "context"):
         data[name] = [r.astype(np.int64) for r in getattr(a, name)]
     # float columns as float64 (Array(double) in the signature): JSON input examples and REST payloads carry doubles
@@ -49,7 +50,7 @@ def _pad(rows: list, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 def frame_to_arrays(df: pd.DataFrame, seq_lengths: dict[str, int]) -> FeatureArrays:
     """Inverse of :func:`arrays_to_frame`; names the missing column when the frame is malformed."""
-    missing = [c for c in ("user_idx", "streamer_idx", *_LIST_COLUMNS) if c not in df.columns]
+    missing = [c for c in ("user_idx", "streamer_idx", "time_ms", *_LIST_COLUMNS) if c not in df.columns]
     if missing:
         raise ValueError(f"ranker input is missing column(s): {', '.join(missing)}")
     hist, hist_len = {}, {}
@@ -64,7 +65,7 @@ def frame_to_arrays(df: pd.DataFrame, seq_lengths: dict[str, int]) -> FeatureArr
         user_idx=df["user_idx"].to_numpy(np.int64), streamer_idx=df["streamer_idx"].to_numpy(np.int64),
         user_profile=stack("user_profile", np.int64), streamer_profile=stack("streamer_profile", np.int64),
         context=stack("context", np.int64), title=stack("title", np.float32), dense=stack("dense", np.float32),
-        hist=hist, hist_len=hist_len, hist_gap=gap,
+        hist=hist, hist_len=hist_len, hist_gap=gap, time_ms=df["time_ms"].to_numpy(np.int64),
     )
 
 

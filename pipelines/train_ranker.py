@@ -27,6 +27,7 @@ from models.ranking.heads import predictions
 from models.ranking.inputs import to_input
 from models.ranking.ranker import Ranker, RankerConfig
 from recsys.config import TrackingConfig
+from recsys.data.builders import oracle_scores_of
 from recsys.data.ranking import FeatureArrays, RankingDataset
 from recsys.metrics import auc, logloss, uauc
 from recsys.tracking import tracking_run
@@ -149,13 +150,15 @@ def evaluate_rows(model: Ranker, ds: RankingDataset, rows: np.ndarray, batch_siz
                 out[f"{task}.auc"] = auc(t, pred[task][clicked])
         gv = lab["gift_value"][clicked]
         out["gift_value.rmse_log"] = float(np.sqrt(np.mean((np.log1p(pred["gift_value"][clicked]) - np.log1p(gv)) ** 2)))
-    if "p_true" in ds.samples.columns:
-        p = ds.samples["p_true"].to_numpy()[rows]
-        ok = ~np.isnan(p.astype(np.float64))
-        if ok.all():
-            out["oracle.auc"] = auc(y, p)
-            out["oracle.uauc"] = uauc(users, y, p)
-            out["oracle.logloss"] = logloss(y, p)
+    oracle = oracle_scores_of(ds.samples, rows)
+    if "true" in oracle:
+        p = oracle["true"]
+        out["oracle.auc"] = auc(y, p)
+        out["oracle.uauc"] = uauc(users, y, p)
+        out["oracle.logloss"] = logloss(y, p)
+    for name in ("noise_free", "static_user"):
+        if name in oracle:
+            out[f"oracle.auc_{name}"] = auc(y, oracle[name])
     return out
 
 

@@ -196,7 +196,7 @@ class RankingEncoder:
             user_profile=np.repeat(self.tables.user_profile[urow][None], b, axis=0),
             streamer_profile=self.tables.streamer_profile[srows], context=self._context(rooms, state.now),
             title=np.asarray(title, np.float32), dense=self._dense(state, urow, srows, rooms, ent), hist=hist,
-            hist_len=hist_len, hist_gap=gap,
+            hist_len=hist_len, hist_gap=gap, time_ms=np.full(b, state.now, np.int64),
         )
 
 
@@ -223,6 +223,7 @@ def concat_features(parts: Sequence[FeatureArrays]) -> tuple[FeatureArrays, np.n
         streamer_profile=cat("streamer_profile"), context=cat("context"), title=cat("title"), dense=cat("dense"),
         hist={k: np.concatenate([p.hist[k] for p in parts]) for k in keys},
         hist_len={k: np.concatenate([p.hist_len[k] for p in parts]) for k in keys}, hist_gap=cat("hist_gap"),
+        time_ms=cat("time_ms"),
     ), user_of, offsets
 
 

@@ -19,11 +19,28 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
+from torchrec import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    EmbeddingCollection,
+    EmbeddingConfig,
+    KeyedJaggedTensor,
+)
 from torchrec.modules.embedding_configs import PoolingType
 
 from recsys.data.ranking import N_GAP_BUCKETS, SEQ_KEYS, RankingFeatureSpec
 from models.ranking.inputs import FIELD_FEATURES, RankingInput
+
+#: the user-drift table's feature: the user id again (a TorchRec feature feeds one table of a collection)
+DRIFT_FEATURE = "user_id_drift"
+
+
+def with_drift_feature(ids: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    """``ids`` (key ``user_id``) plus the same values under :data:`DRIFT_FEATURE`."""
+    v, lengths = ids.values(), ids.lengths()
+    return KeyedJaggedTensor.from_lengths_sync(keys=["user_id", DRIFT_FEATURE], values=torch.cat([v, v]),
+                                               lengths=torch.cat([lengths, lengths]))
+
 
 GROUP_NAMES: tuple[str, ...] = ("user", "streamer", "context", "short_term", "behaviour", "cross", "realtime")
 
@@ -34,6 +51,10 @@ class EncoderConfig:
     field_dim: int = 8
     attention_hidden: int = 32
     init_std: float = 0.05
+    #: time-dependent user vector ``e_u + tau(t) d_u`` (timeSVD++'s drifting user factor, Koren 2009), ``tau`` the
+    #: centred drift time (-1/2 / +1/2 at the first / last training sample of :class:`RankingFeatureSpec`'s period).
+    #: Only built when the spec has a training period (``time_span_ms > 0``).
+    user_drift: bool = True
 
     def __post_init__(self) -> None:
         if min(self.id_dim, self.field_dim, self.attention_hidden) < 1:
@@ -83,9 +104,13 @@ class RankingEncoder(nn.Module):
         self.cfg = cfg = cfg or EncoderConfig()
         init = _init_fn(cfg.init_std)
         cpu = torch.device("cpu")
+        self.drift = cfg.user_drift and spec.time_span_ms > 0
         self.ids = EmbeddingBagCollection(tables=[
             EmbeddingBagConfig(name="user", embedding_dim=cfg.id_dim, num_embeddings=spec.n_users,
                                feature_names=["user_id"], pooling=PoolingType.SUM, init_fn=init),
+            *([EmbeddingBagConfig(name="user_drift", embedding_dim=cfg.id_dim, num_embeddings=spec.n_users,
+                                  feature_names=[DRIFT_FEATURE], pooling=PoolingType.SUM,
+                                  init_fn=nn.init.zeros_)] if self.drift else []),
         ], device=cpu)
         self.seqs = EmbeddingCollection(tables=[
             EmbeddingConfig(name="streamer", embedding_dim=cfg.id_dim, num_embeddings=spec.n_streamers,
@@ -121,11 +146,24 @@ class RankingEncoder(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [*self.ids.parameters(), *self.seqs.parameters(), *self.fields.parameters()]
 
+    def drift_time(self, time_ms: Tensor) -> Tensor:
+        """``tau (B,)`` float32: -1/2 at the first training sample, +1/2 at the last (centred, so that the drift table
+        learns the trend and the static table the mean), growing past 1/2 after training."""
+        return (time_ms - self.spec.time_origin_ms).to(torch.float32) / float(self.spec.time_span_ms) - 0.5
+
+    def user_vector(self, x: RankingInput) -> Tensor:
+        """``(B, id_dim)``: ``e_u``, plus ``tau(t) d_u`` with the drift table."""
+        ids = self.ids(x.ids if not self.drift else with_drift_feature(x.ids)).to_dict()
+        user = ids["user_id"]
+        if self.drift:
+            user = user + self.drift_time(x.time_ms).unsqueeze(1) * ids[DRIFT_FEATURE]
+        return user
+
     def forward(self, x: RankingInput) -> list[Tensor]:
         b = x.batch_size
         if x.dense.shape[1] != self.n_dense:
             raise ValueError(f"expected {self.n_dense} dense features, got {x.dense.shape[1]}")
-        user = self.ids(x.ids).to_dict()["user_id"]
+        user = self.user_vector(x)
         seq = self.seqs(x.seqs)
         fields = self.fields(x.fields)
         flat = [fields[k].values().reshape(b, n * self.cfg.field_dim) for k, n in zip(FIELD_FEATURES, self.n_fields)]

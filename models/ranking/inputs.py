@@ -39,6 +39,7 @@ class RankingInput:
     dense: Tensor  # [B, n_dense]
     title: Tensor  # [B, title_dim]
     user_of: Tensor  # [B] int64
+    time_ms: Tensor  # [B] int64 epoch ms of each row (the encoder's drift time)
 
     @property
     def batch_size(self) -> int:
@@ -46,7 +47,8 @@ class RankingInput:
 
     def to(self, device: torch.device | str) -> "RankingInput":
         return RankingInput(self.ids.to(device), self.seqs.to(device), self.fields.to(device),
-                            self.dense.to(device), self.title.to(device), self.user_of.to(device))
+                            self.dense.to(device), self.title.to(device), self.user_of.to(device),
+                            self.time_ms.to(device))
 
 
 def _jagged(parts: list[tuple[np.ndarray, np.ndarray]], keys: tuple[str, ...]) -> KeyedJaggedTensor:
@@ -79,4 +81,4 @@ def to_input(a: FeatureArrays, user_of: np.ndarray | None = None) -> RankingInpu
         raise ValueError(f"user_of must be {b} row indices in [0, {b}), got shape {uo.shape}")
     return RankingInput(ids=ids, seqs=seqs, fields=fields, dense=torch.from_numpy(np.ascontiguousarray(a.dense)),
                         title=torch.from_numpy(np.ascontiguousarray(a.title, dtype=np.float32)),
-                        user_of=torch.from_numpy(uo))
+                        user_of=torch.from_numpy(uo), time_ms=torch.from_numpy(np.asarray(a.time_ms, np.int64)))

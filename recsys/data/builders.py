@@ -58,12 +58,55 @@ def ctr_samples(clicks: pl.DataFrame, negatives: pl.DataFrame) -> tuple[pl.DataF
     return df.select("user_id", "live_id", "streamer_id", "timestamp", "label", "watch_live_time", "split"), info
 
 
+#: optional truth columns (generators since the oracle decomposition) -> sample column names
+_ORACLE_PARTS = {"click_noise": "noise_true", "drift_slope": "drift_slope_true"}
+
+
 def attach_oracle(samples: pl.DataFrame, truth_dir: str | Path) -> pl.DataFrame:
-    """Add ``p_true``, the generator's click probability of each exposure (synthetic data only)."""
-    truth = pl.read_parquet(Path(truth_dir) / "exposures.parquet", columns=["user_id", "live_id", "timestamp", "p_click"])
+    """Add ``p_true``, the generator's click probability of each exposure (synthetic data only), and, when the truth
+    has them, ``noise_true`` (the exposure's logit noise) and ``drift_slope_true`` (d logit / d drift fraction):
+    the parts :func:`oracle_scores_of` takes apart."""
+    path = Path(truth_dir) / "exposures.parquet"
+    have = set(pl.read_parquet_schema(path))
+    parts = [c for c in _ORACLE_PARTS if c in have]
+    truth = pl.read_parquet(path, columns=["user_id", "live_id", "timestamp", "p_click", *parts])
     truth = truth.unique(subset=["user_id", "live_id", "timestamp"], keep="first", maintain_order=True)
-    return samples.join(truth.rename({"p_click": "p_true"}), on=["user_id", "live_id", "timestamp"],
-                        how="left", maintain_order="left")
+    return samples.join(truth.rename({"p_click": "p_true", **{c: _ORACLE_PARTS[c] for c in parts}}),
+                        on=["user_id", "live_id", "timestamp"], how="left", maintain_order="left")
+
+
+def oracle_scores_of(samples: pl.DataFrame, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The oracle's scores of ``samples[rows]`` (after :func:`attach_oracle`; empty without ground truth, and any
+    score with a missing value is left out):
+
+    - ``true``: ``p_true``, the generator's click probability. It includes the exposure's logit noise, which nothing
+      observable predicts.
+    - ``noise_free``: ``logit(p_true) - noise``: the best any model can do, knowing every latent factor.
+    - ``static_user``: ``noise_free`` with every user's taste frozen at the mean drift fraction of the ``train`` rows
+      (``logit - (frac(t) - mean_train_frac) * drift_slope``): the ceiling of a model whose user representation
+      does not move with time, such as a fitted user-id embedding alone.
+    """
+    if "p_true" not in samples.columns:
+        return {}
+    p = samples["p_true"].to_numpy().astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    if not np.isnan(p[rows]).any():
+        out["true"] = p[rows]
+    if "noise_true" not in samples.columns or "drift_slope_true" not in samples.columns:
+        return out
+    from recsys.data.synthetic import drift_fraction
+
+    q = np.clip(p[rows], 1e-12, 1 - 1e-12)
+    clean = np.log(q / (1 - q)) - samples["noise_true"].to_numpy().astype(np.float64)[rows]
+    if np.isnan(clean).any():
+        return out
+    out["noise_free"] = clean
+    train = (samples["split"] == "train").to_numpy()
+    if train.any():
+        frac = drift_fraction(samples["timestamp"].to_numpy())
+        slope = samples["drift_slope_true"].to_numpy().astype(np.float64)
+        out["static_user"] = clean - (frac[rows] - frac[train].mean()) * slope[rows]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- top-K
@@ -234,6 +277,6 @@ def tpp_windows(events: pl.DataFrame, window_days: int = 3, max_len: int = 256) 
 
 
 __all__ = [
-    "SPLITS", "TopKEvalSet", "attach_oracle", "chronological_split", "ctr_samples",
+    "SPLITS", "TopKEvalSet", "attach_oracle", "oracle_scores_of", "chronological_split", "ctr_samples",
     "event_sequences", "leave_last_out", "topk_eval_set", "tpp_windows",
 ]

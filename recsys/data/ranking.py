@@ -147,6 +147,11 @@ class RankingFeatureSpec:
     behaviour_len: int = 20
     title_dim: int = TITLE_EMBEDDING_DIM
     dense_features: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DENSE_FEATURES))
+    #: the training period ``[time_origin_ms, time_origin_ms + time_span_ms]``: a row at ``t`` has the drift time
+    #: ``tau = (t - time_origin_ms) / time_span_ms`` (0 at the first training sample, 1 at the last, > 1 after).
+    #: ``time_span_ms = 0`` (exports from before the field existed): no time-dependent features.
+    time_origin_ms: int = 0
+    time_span_ms: int = 0
 
     @property
     def seq_lengths(self) -> dict[str, int]:
@@ -180,6 +185,7 @@ class FeatureArrays:
     hist: dict[str, np.ndarray]  # key -> [B, L_k] int64 streamer rows, oldest first, left-aligned
     hist_len: dict[str, np.ndarray]  # key -> [B] int64
     hist_gap: np.ndarray  # [B, seq_len] int64 time-gap bucket of each hist_click event (0 = padding)
+    time_ms: np.ndarray  # [B] int64 epoch ms of the exposure (the request time in serving)
 
     def __len__(self) -> int:
         return int(self.user_idx.shape[0])
@@ -443,7 +449,7 @@ class RankingDataset:
             user_idx=u, streamer_idx=self.streamer_rows[rows], user_profile=self.user_profile[u],
             streamer_profile=self.streamer_profile[self.streamer_rows[rows]], context=self.context[rows],
             title=self.title_table[self.title_row[rows]], dense=self.dense[rows], hist=hist, hist_len=hist_len,
-            hist_gap=gap,
+            hist_gap=gap, time_ms=t,
         )
 
 
@@ -511,11 +517,14 @@ def build_ranking_dataset(data: KuaiLiveData, truth_dir: str | Path | None = Non
     title_row = ctx["_title_row"].to_numpy()
     title_row = np.where((title_row >= 0) & (title_row < title_table.shape[0]), title_row, 0)
 
-    spec = RankingFeatureSpec(n_users=user_index.size, n_streamers=streamer_index.size, user_vocab=user_vocab,
-                              streamer_vocab=streamer_vocab, context_vocab=ctx_vocab, seq_len=seq_len,
-                              behaviour_len=behaviour_len, title_dim=title_table.shape[1])
     user_rows = user_index.lookup(samples["user_id"].to_numpy())
     ts = samples["timestamp"].to_numpy()
+    train_ts = ts[(samples["split"] == "train").to_numpy()]
+    t_lo, t_hi = (int(train_ts.min()), int(train_ts.max())) if train_ts.size else (0, 0)
+    spec = RankingFeatureSpec(n_users=user_index.size, n_streamers=streamer_index.size, user_vocab=user_vocab,
+                              streamer_vocab=streamer_vocab, context_vocab=ctx_vocab, seq_len=seq_len,
+                              behaviour_len=behaviour_len, title_dim=title_table.shape[1], time_origin_ms=t_lo,
+                              time_span_ms=t_hi - t_lo)
     seq_tables = {key: _events(t, name) for key, name in zip(SEQ_KEYS, ("click", "comment", "like", "gift"))}
     origin = min([int(ts.min())] + [int(v["timestamp"].min()) for v in seq_tables.values() if v.height]) - 1
     histories, ends = {}, {}

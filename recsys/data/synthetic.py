@@ -487,10 +487,23 @@ def _favourites(cfg: SynthConfig, rng: np.random.Generator, users: _Users, st: _
 
 
 # --------------------------------------------------------------------------------------------------------- outcomes
+def drift_fraction(t: np.ndarray) -> np.ndarray:
+    """Where ``t`` (epoch ms) lies in the 21-day window, centred: -1/2 at its start, +1/2 at its end. A user's taste
+    vector at ``t`` is ``factors + drift_fraction(t) * drift``."""
+    return (np.asarray(t) - WINDOW_START_MS) / (N_WINDOW_DAYS * MS_PER_DAY) - 0.5
+
+
+def _drift_slope(cfg: SynthConfig, users: _Users, st: _Streamers, rooms: _Rooms, u: np.ndarray,
+                 r: np.ndarray) -> np.ndarray:
+    """d logit / d drift_fraction of an exposure: the affinity term's part that moves with the user's drift."""
+    drift_aff = np.einsum("nd,nd->n", users.drift[u], st.factors[rooms.streamer[r]])
+    return cfg.affinity_weight * drift_aff * np.sqrt(cfg.n_factors)
+
+
 def _click_logit_no_bias(cfg: SynthConfig, users: _Users, st: _Streamers, rooms: _Rooms, u: np.ndarray,
                          r: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
     s = rooms.streamer[r]
-    frac = (t - WINDOW_START_MS) / (N_WINDOW_DAYS * MS_PER_DAY) - 0.5
+    frac = drift_fraction(t)
     uf = users.factors[u] + frac[:, None] * users.drift[u]
     aff = np.einsum("nd,nd->n", uf, st.factors[s])
     hour = cst_hour(t)
@@ -590,6 +603,8 @@ def generate(
             logit[sl] = _click_logit_no_bias(cfg, users, st, rooms, user[sl], room_row[sl], t[sl], noise[sl])
         b0 = _calibrate_bias(logit, TARGET_CTR)
         p = _sigmoid(logit + b0)
+        slope = np.concatenate([_drift_slope(cfg, users, st, rooms, user[lo: lo + 1_000_000],
+                                             room_row[lo: lo + 1_000_000]) for lo in range(0, t.size, 1_000_000)])
         clicked = rng.random(t.size) < p
         # watch time for clicks: bounce / engaged mixture, cut at the room's true end
         ci = np.flatnonzero(clicked)
@@ -602,7 +617,8 @@ def generate(
         ).astype(np.int64)
         r = room_row[ci]
         watch = np.clip(watch, 1, np.maximum(1, rooms.true_end[r] - t[ci]))
-        return {"b0": b0, "p": p, "clicked": clicked, "ci": ci, "watch": watch, "engaged": engaged}
+        return {"b0": b0, "p": p, "clicked": clicked, "ci": ci, "watch": watch, "engaged": engaged, "noise": noise,
+                "drift_slope": slope}
 
     oc = step("clicks", outcomes)
 
@@ -719,6 +735,8 @@ def generate(
                 "streamer_id": rooms.streamer[room_row] + 1,
                 "timestamp": t,
                 "p_click": oc["p"].astype(np.float32),
+                "click_noise": oc["noise"].astype(np.float32),
+                "drift_slope": oc["drift_slope"].astype(np.float32),
                 "clicked": clicked,
                 "source": source,
                 "watch_live_time": wt,
@@ -764,6 +782,8 @@ def generate(
             },
             "mark_intensities": {
                 "click": "each exposure is clicked with probability p_click (truth/exposures.parquet)",
+                "click_logit": "logit(p_click) = clean(t) + click_noise; clean(t) moves with the user's drift as "
+                               "drift_slope * drift_fraction(t), drift_fraction = (t - window start) / 21 days - 1/2",
                 "comment": "Poisson(comment_rate) comments per click, uniform on [t, t + watch_live_time)",
                 "like": "Poisson(like_rate) likes per click, uniform on [t, t + watch_live_time)",
                 "gift": "Bernoulli(gift_prob) per click; at t with prob 0.86, else uniform on [t, t + watch)",

@@ -36,8 +36,10 @@ def test_fit_ranker_learns(ds: RankingDataset, trained) -> None:
     hist = trained.history
     assert [h["step"] for h in hist] == [15, 30]
     for h in hist:
-        assert 0.5 < h["valid_auc"] <= 1.0
+        assert 0.0 <= h["valid_auc"] <= 1.0
         assert math.isfinite(h["valid_logloss"]) and math.isfinite(h["train_loss"]) and h["samples_per_s"] > 0
+    # learning: the last check is clearly above chance and above the first (15 steps on tiny is still near chance)
+    assert hist[-1]["valid_auc"] > max(0.6, hist[0]["valid_auc"])
     assert trained.metrics["steps"] == 30
     assert trained.metrics["best_valid_auc"] == max(h["valid_auc"] for h in hist)
     test = evaluate_rows(trained.model, ds, ds.rows("test"), 4096, torch.device("cpu"))

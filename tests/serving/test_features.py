@@ -78,7 +78,7 @@ def test_ranking_features_from_the_store_equal_the_training_features(tiny_dir: P
         state = reader.user_state(int(s["user_id"]), t)
         online = enc.arrays(state, [live], reader.room_entries([live.live_id], t))
         offline = ds.arrays(np.array([row]))
-        for name in ("user_idx", "streamer_idx", "user_profile", "streamer_profile", "context", "title"):
+        for name in ("user_idx", "streamer_idx", "user_profile", "streamer_profile", "context", "title", "time_ms"):
             np.testing.assert_array_equal(getattr(online, name), getattr(offline, name), err_msg=name)
         for key in offline.hist:
             np.testing.assert_array_equal(online.hist_len[key], offline.hist_len[key], err_msg=key)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.ranking.encoder import GROUP_NAMES, TargetAttention
+from models.ranking.encoder import GROUP_NAMES, EncoderConfig, TargetAttention
 from models.ranking.export import FILES, load_ranker, save_ranker
 from models.ranking.heads import LossWeights, expected_gift_value, multitask_loss, predictions, ziln_loss
 from models.ranking.inputs import FIELD_FEATURES, SEQ_FEATURES, to_input
@@ -316,6 +316,48 @@ def test_encoder_groups_match_declared_widths(ds: RankingDataset) -> None:
     x.dense = x.dense[:, :-1]
     with pytest.raises(ValueError, match="dense"):
         ranker.encoder(x)
+
+
+def test_user_drift_is_the_time_scaled_second_table(ds: RankingDataset) -> None:
+    """timeSVD++ drift: user vector = e_u + tau(t) d_u, tau = -1/2 / +1/2 at the first / last training sample."""
+    spec = ds.spec
+    train_t = ds.timestamps[ds.rows("train")]
+    assert (spec.time_origin_ms, spec.time_span_ms) == (train_t.min(), train_t.max() - train_t.min())
+    enc = build_ranker("dnn", spec).encoder
+    assert enc.drift
+    tau = enc.drift_time(torch.tensor([spec.time_origin_ms, spec.time_origin_ms + spec.time_span_ms]))
+    torch.testing.assert_close(tau, torch.tensor([-0.5, 0.5]))
+    a = ds.arrays(np.arange(6))
+    x = to_input(a)
+    tables = dict(enc.ids.named_parameters())
+    e_u, d_u = (tables[f"embedding_bags.{t}.weight"] for t in ("user", "user_drift"))
+    assert torch.count_nonzero(d_u) == 0  # zero-initialised: a fresh model does not depend on time
+    with torch.no_grad():
+        d_u.normal_()
+    rows = torch.from_numpy(a.user_idx)
+    want = e_u[rows] + enc.drift_time(x.time_ms)[:, None] * d_u[rows]
+    torch.testing.assert_close(enc.user_vector(x), want)
+    later = copy.deepcopy(a)
+    later.time_ms = a.time_ms + spec.time_span_ms  # the same rows one training period later
+    torch.testing.assert_close(enc.user_vector(to_input(later)) - enc.user_vector(x), d_u[rows])
+
+
+def test_user_drift_off_without_a_training_period(ds: RankingDataset) -> None:
+    """Specs written before the drift (no training period) and ``user_drift=False`` build the static user table only,
+    and the prediction then does not depend on time."""
+    old = dataclasses.replace(ds.spec, time_origin_ms=0, time_span_ms=0)
+    static = RankerConfig.for_model("dnn", encoder=EncoderConfig(user_drift=False))
+    for ranker in (build_ranker("dnn", old), Ranker(ds.spec, static)):
+        assert not ranker.encoder.drift
+        assert not any("user_drift" in k for k in ranker.state_dict())
+        a = ds.arrays(np.arange(6))
+        b = copy.deepcopy(a)
+        b.time_ms = a.time_ms + 10 * 86_400_000
+        with torch.no_grad():
+            for p in ranker.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        ranker.eval()
+        torch.testing.assert_close(ranker.predict(to_input(a))["click"], ranker.predict(to_input(b))["click"])
 
 
 def test_batch_without_any_history(ds: RankingDataset) -> None:

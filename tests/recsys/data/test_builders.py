@@ -15,11 +15,13 @@ from recsys.data.builders import (
     ctr_samples,
     event_sequences,
     leave_last_out,
+    oracle_scores_of,
     topk_eval_set,
     tpp_windows,
 )
 from recsys.data.live_index import LiveIndex
-from recsys.timeutil import MS_PER_MINUTE, WINDOW_START_MS, cst_day, cst_midnight
+from recsys.data.synthetic import drift_fraction
+from recsys.timeutil import MS_PER_DAY, MS_PER_MINUTE, N_WINDOW_DAYS, WINDOW_START_MS, cst_day, cst_midnight
 
 
 def test_chronological_split_cuts_at_quantiles_and_ties_go_earlier() -> None:
@@ -54,6 +56,27 @@ def test_attach_oracle_covers_every_sample(tiny_dir: Path, tiny_data) -> None:
     joined = attach_oracle(samples, tiny_dir / "truth")
     assert joined.height == samples.height
     assert joined["p_true"].null_count() == 0
+    assert joined["noise_true"].null_count() == 0 and joined["drift_slope_true"].null_count() == 0
+
+
+def test_oracle_scores_take_the_noise_and_the_drift_apart() -> None:
+    span = N_WINDOW_DAYS * MS_PER_DAY
+    t = WINDOW_START_MS + np.array([0, span // 4, span // 2, span], np.int64)  # fractions -1/2, -1/4, 0, +1/2
+    noise, slope = np.array([0.5, -0.25, 0.1, 0.3]), np.array([2.0, 1.0, -1.0, 4.0])
+    logit = np.array([1.0, -0.5, 0.2, 0.7])
+    samples = pl.DataFrame({"timestamp": t, "split": ["train", "train", "valid", "test"],
+                            "p_true": 1 / (1 + np.exp(-logit)), "noise_true": noise, "drift_slope_true": slope})
+    rows = np.array([2, 3])
+    out = oracle_scores_of(samples, rows)
+    np.testing.assert_allclose(out["true"], 1 / (1 + np.exp(-logit[rows])))
+    np.testing.assert_allclose(out["noise_free"], logit[rows] - noise[rows], atol=1e-9)
+    # frozen at the mean fraction of the train rows, (-1/2 - 1/4) / 2 = -3/8
+    np.testing.assert_allclose(drift_fraction(t), [-0.5, -0.25, 0.0, 0.5])
+    frozen = logit[rows] - noise[rows] - (np.array([0.0, 0.5]) + 0.375) * slope[rows]
+    np.testing.assert_allclose(out["static_user"], frozen, atol=1e-9)
+    # truth from an older generator (no parts): only the true probability; no truth at all: nothing
+    assert set(oracle_scores_of(samples.drop("noise_true"), rows)) == {"true"}
+    assert oracle_scores_of(samples.drop("p_true", "noise_true", "drift_slope_true"), rows) == {}
 
 
 def test_leave_last_out_per_user() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,22 @@ def test_drift_makes_late_days_differ_from_early_days(tiny_dir: Path) -> None:
     users = pl.read_parquet(tiny_dir / "truth" / "users.parquet")
     drift = users.select(pl.col("^drift.*$")).to_numpy()
     assert np.abs(drift).mean() > 0.05
+
+
+def test_truth_logit_parts_are_the_noise_and_the_drift_slope(tiny_dir: Path) -> None:
+    """``click_noise`` has the configured spread, and ``drift_slope`` is affinity_weight * sqrt(d) * <drift_u, f_s>
+    recomputed from the users' and streamers' truth tables."""
+    meta = json.loads((tiny_dir / "truth" / "meta.json").read_text())["config"]
+    truth = pl.read_parquet(tiny_dir / "truth" / "exposures.parquet")
+    assert truth["click_noise"].std() == pytest.approx(meta["context_noise_sd"], rel=0.05)
+    users = pl.read_parquet(tiny_dir / "truth" / "users.parquet")
+    streamers = pl.read_parquet(tiny_dir / "truth" / "streamers.parquet")
+    d = meta["n_factors"]
+    rows = truth.head(500).join(users.select("user_id", *[f"drift{k}" for k in range(d)]), on="user_id") \
+        .join(streamers.select("streamer_id", *[f"f{k}" for k in range(d)]), on="streamer_id")
+    dot = sum(rows[f"drift{k}"].to_numpy() * rows[f"f{k}"].to_numpy() for k in range(d))
+    np.testing.assert_allclose(rows["drift_slope"].to_numpy(), meta["affinity_weight"] * np.sqrt(d) * dot,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_scale_is_rejected(tmp_path: Path) -> None:
