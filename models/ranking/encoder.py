@@ -31,6 +31,8 @@ from torchrec.modules.embedding_configs import PoolingType
 from recsys.data.ranking import N_GAP_BUCKETS, SEQ_KEYS, RankingFeatureSpec
 from models.ranking.inputs import FIELD_FEATURES, RankingInput
 
+#: the largest drift time: half a training period after its end (see :meth:`RankingEncoder.drift_time`)
+MAX_DRIFT_TIME = 1.0
 #: the user-drift table's feature: the user id again (a TorchRec feature feeds one table of a collection)
 DRIFT_FEATURE = "user_id_drift"
 
@@ -148,8 +150,10 @@ class RankingEncoder(nn.Module):
 
     def drift_time(self, time_ms: Tensor) -> Tensor:
         """``tau (B,)`` float32: -1/2 at the first training sample, +1/2 at the last (centred, so that the drift table
-        learns the trend and the static table the mean), growing past 1/2 after training."""
-        return (time_ms - self.spec.time_origin_ms).to(torch.float32) / float(self.spec.time_span_ms) - 0.5
+        learns the trend and the static table the mean), growing linearly after training up to :data:`MAX_DRIFT_TIME`
+        (half a training period later), where it stays: a model served for weeks does not extrapolate without bound."""
+        tau = (time_ms - self.spec.time_origin_ms).to(torch.float32) / float(self.spec.time_span_ms) - 0.5
+        return tau.clamp(-0.5, MAX_DRIFT_TIME)
 
     def user_vector(self, x: RankingInput) -> Tensor:
         """``(B, id_dim)``: ``e_u``, plus ``tau(t) d_u`` with the drift table."""

@@ -325,8 +325,9 @@ def test_user_drift_is_the_time_scaled_second_table(ds: RankingDataset) -> None:
     assert (spec.time_origin_ms, spec.time_span_ms) == (train_t.min(), train_t.max() - train_t.min())
     enc = build_ranker("dnn", spec).encoder
     assert enc.drift
-    tau = enc.drift_time(torch.tensor([spec.time_origin_ms, spec.time_origin_ms + spec.time_span_ms]))
-    torch.testing.assert_close(tau, torch.tensor([-0.5, 0.5]))
+    t0, span = spec.time_origin_ms, spec.time_span_ms
+    tau = enc.drift_time(torch.tensor([t0 - span, t0, t0 + span, t0 + span * 3 // 2, t0 + 5 * span]))
+    torch.testing.assert_close(tau, torch.tensor([-0.5, -0.5, 0.5, 1.0, 1.0]))  # held at the ends
     a = ds.arrays(np.arange(6))
     x = to_input(a)
     tables = dict(enc.ids.named_parameters())
