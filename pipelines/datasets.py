@@ -15,6 +15,7 @@ from recsys.data.builders import (
     attach_oracle,
     ctr_samples,
     event_sequences,
+    oracle_scores_of,
     topk_eval_set,
     tpp_windows,
 )
@@ -41,12 +42,18 @@ def oracle_scores(samples: pl.DataFrame, split: str = "test") -> dict[str, float
         raise ValueError(f"no '{split}' samples carry ground truth p_true")
     y = s["label"].to_numpy().astype(np.int64)
     p = s["p_true"].to_numpy().astype(np.float64)
-    return {
+    out = {
         "auc": auc(y, p),
         "uauc": uauc(s["user_id"].to_numpy(), y, p),
         "logloss": logloss(y, p),
         "coverage": s.height / samples.filter(pl.col("split") == split).height,
     }
+    rows = np.flatnonzero(((samples["split"] == split) & samples["p_true"].is_not_null()).to_numpy())
+    parts = oracle_scores_of(samples, rows)
+    for name in ("noise_free", "static_user"):
+        if name in parts:
+            out[f"auc_{name}"] = auc(y, parts[name])
+    return out
 
 
 def build_datasets(data: KuaiLiveData, out_dir: str | Path, truth_dir: str | Path | None = None,

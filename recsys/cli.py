@@ -214,8 +214,9 @@ def cmd_train_ranker(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     res = job.train_ranker(ds, tcfg, cfg.tracking, export_dir=export)
     for k in ("auc", "uauc", "logloss"):
         print(f"{'test.' + k:>24}: {res.metrics['test.' + k]:.4f}")
-    if "oracle.auc" in res.metrics:
-        print(f"{'oracle.auc':>24}: {res.metrics['oracle.auc']:.4f}")
+    for k in ("oracle.auc", "oracle.auc_noise_free", "oracle.auc_static_user"):
+        if k in res.metrics:
+            print(f"{k:>24}: {res.metrics[k]:.4f}")
     print(f"{'train_samples_per_s':>24}: {res.metrics['train_samples_per_s']:,.0f}")
     print(f"{'p50_ms / p99_ms (500)':>24}: {res.metrics['p50_ms']:.1f} / {res.metrics['p99_ms']:.1f}")
     print(f"exported to {res.export_dir}")
