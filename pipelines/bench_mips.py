@@ -30,16 +30,25 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 
 
-def _latency_ms(search: Callable[[np.ndarray], object], batches: list[np.ndarray], warmup: int,
-                repeats: int) -> np.ndarray:
-    """Wall-clock ms of ``repeats`` calls of ``search`` (after ``warmup`` untimed ones), cycling over ``batches``."""
+def _latency_ms(searches: dict[str, Callable[[np.ndarray], object]], batches: list[np.ndarray], warmup: int,
+                repeats: int) -> dict[str, np.ndarray]:
+    """Wall-clock ms of ``repeats`` calls of each search (after ``warmup`` untimed ones), cycling over ``batches``.
+
+    The backends are **interleaved**: round ``i`` times one call of every backend on the same query, starting with a
+    different backend each round. A burst of load on the shared machine then hits every backend alike, instead of
+    whichever one happened to be measuring at the time; the tail percentiles become comparable within a run."""
+    names = list(searches)
     for i in range(warmup):
-        search(batches[i % len(batches)])
-    out = np.empty(repeats)
+        for name in names:
+            searches[name](batches[i % len(batches)])
+    out = {name: np.empty(repeats) for name in names}
     for i in range(repeats):
-        t0 = time.perf_counter()
-        search(batches[i % len(batches)])
-        out[i] = (time.perf_counter() - t0) * 1e3
+        q = batches[i % len(batches)]
+        for j in range(len(names)):
+            name = names[(i + j) % len(names)]
+            t0 = time.perf_counter()
+            searches[name](q)
+            out[name][i] = (time.perf_counter() - t0) * 1e3
     return out
 
 
@@ -109,7 +118,8 @@ def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0, n_i
 
     ``n_items`` defaults to 452,621 (the issue's live pool) at every scale but ``"tiny"`` (20,000). For each dim of
     ``dims`` and batch size b in (1, 256): p50/p99 ms of one ``search`` call over ``repeats`` timed calls (default
-    200 for b=1 and 20 for b=256; 50 and 5 at tiny) after a few warm-ups; b=1 cycles over 256 different queries.
+    1,000 for b=1 and 20 for b=256; 50 and 5 at tiny) after a few warm-ups, the backends interleaved call by call
+    (:func:`_latency_ms`); b=1 cycles over 256 different queries.
 
     Metrics (``cfg`` is accepted for the ``recsys bench`` signature and unused): ``{exact,flat_ip,hnsw}.p50_ms``,
     ``.p99_ms`` (b=1) and ``.p50_ms_b256``, ``.p99_ms_b256``; ``{exact,flat_ip,hnsw}.build_s``;
@@ -125,7 +135,7 @@ def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0, n_i
     if n < 1 or k < 1:
         raise ValueError(f"need n_items >= 1 and k >= 1, got n_items={n}, k={k}")
     kk = min(k, n)
-    reps = {1: repeats or (50 if tiny else 200), 256: repeats or (5 if tiny else 20)}
+    reps = {1: repeats or (50 if tiny else 1000), 256: repeats or (5 if tiny else 20)}
     warmup = {1: 5, 256: 2}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     faiss_gpu = faiss_has_gpu()
@@ -174,8 +184,8 @@ def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0, n_i
         }
         for b in BATCHES:
             bsfx = ("" if b == 1 else f"_b{b}") + sfx
-            for name, fn in searches.items():
-                lat = _latency_ms(fn, batches[b], warmup[b], reps[b])
+            latencies = _latency_ms(searches, batches[b], warmup[b], reps[b])
+            for name, lat in latencies.items():
                 m[f"{name}.p50_ms{bsfx}"] = float(np.percentile(lat, 50))
                 m[f"{name}.p99_ms{bsfx}"] = float(np.percentile(lat, 99))
                 log.info("d=%d b=%d %s: p50 %.2f ms, p99 %.2f ms", d, b, name, m[f"{name}.p50_ms{bsfx}"],

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pipelines.bench_mips import bench_mips
+from pipelines.bench_mips import _latency_ms, bench_mips
 from recsys.mips import BACKENDS, FaissMipsIndex, MipsIndex, TorchMipsIndex, faiss_has_gpu, make_index
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -365,3 +365,18 @@ def test_bench_mips_tiny() -> None:
     assert m["n_items"] == 2000 and m["k"] == 500
     assert m["exact.recall"] == 1.0 and m["flat_ip.recall"] == 1.0
     assert 0.0 < m["hnsw.recall"] <= 1.0
+
+
+def test_bench_latency_interleaves_the_backends() -> None:
+    """Every round times one call of each backend on the same query, the first backend rotating round by round."""
+    calls: list[tuple[str, int]] = []
+    searches = {name: (lambda q, name=name: calls.append((name, int(q[0, 0])))) for name in ("a", "b", "c")}
+    batches = [np.full((1, 2), i, np.float32) for i in range(4)]
+    lat = _latency_ms(searches, batches, warmup=1, repeats=5)
+    assert {k: v.shape for k, v in lat.items()} == {"a": (5,), "b": (5,), "c": (5,)}
+    assert all((v >= 0).all() for v in lat.values())
+    timed = calls[3:]
+    assert [name for name, _ in timed[::3]] == ["a", "b", "c", "a", "b"]  # who goes first in rounds 0..4
+    for r in range(5):
+        rnd = timed[3 * r: 3 * r + 3]
+        assert sorted(n for n, _ in rnd) == ["a", "b", "c"] and {q for _, q in rnd} == {r % 4}
