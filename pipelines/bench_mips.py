@@ -30,25 +30,34 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 
 
-def _latency_ms(searches: dict[str, Callable[[np.ndarray], object]], batches: list[np.ndarray], warmup: int,
-                repeats: int) -> dict[str, np.ndarray]:
-    """Wall-clock ms of ``repeats`` calls of each search (after ``warmup`` untimed ones), cycling over ``batches``.
+#: timed calls per backend between switches in :func:`_latency_ms`
+LATENCY_BLOCK = 50
 
-    The backends are **interleaved**: round ``i`` times one call of every backend on the same query, starting with a
-    different backend each round. A burst of load on the shared machine then hits every backend alike, instead of
-    whichever one happened to be measuring at the time; the tail percentiles become comparable within a run."""
+
+def _latency_ms(searches: dict[str, Callable[[np.ndarray], object]], batches: list[np.ndarray], warmup: int,
+                repeats: int, block: int = LATENCY_BLOCK) -> dict[str, np.ndarray]:
+    """Wall-clock ms of ``repeats`` calls of each search, cycling over ``batches``.
+
+    The backends are **interleaved in blocks**: each takes ``block`` timed calls in turn (every one of them on the
+    same queries), the order rotating from round to round, so that a burst of load on the shared machine hits every
+    backend alike instead of whichever was measuring at the time. Each block starts with ``warmup`` untimed calls:
+    torch and faiss bring their own OpenMP thread pools, whose threads spin for a while after a parallel region, and a
+    call right after a switch competes with the other library's spinning threads (measured: interleaving call by
+    call tripled faiss's median here), which no single-backend deployment sees."""
     names = list(searches)
-    for i in range(warmup):
-        for name in names:
-            searches[name](batches[i % len(batches)])
     out = {name: np.empty(repeats) for name in names}
-    for i in range(repeats):
-        q = batches[i % len(batches)]
+    for r, lo in enumerate(range(0, repeats, block)):
+        hi = min(lo + block, repeats)
         for j in range(len(names)):
-            name = names[(i + j) % len(names)]
-            t0 = time.perf_counter()
-            searches[name](q)
-            out[name][i] = (time.perf_counter() - t0) * 1e3
+            name = names[(r + j) % len(names)]
+            search = searches[name]
+            for i in range(warmup):
+                search(batches[(lo + i) % len(batches)])
+            for i in range(lo, hi):
+                q = batches[i % len(batches)]
+                t0 = time.perf_counter()
+                search(q)
+                out[name][i] = (time.perf_counter() - t0) * 1e3
     return out
 
 
@@ -118,8 +127,8 @@ def bench_mips(scale: str, cfg: PlatformConfig | None = None, seed: int = 0, n_i
 
     ``n_items`` defaults to 452,621 (the issue's live pool) at every scale but ``"tiny"`` (20,000). For each dim of
     ``dims`` and batch size b in (1, 256): p50/p99 ms of one ``search`` call over ``repeats`` timed calls (default
-    1,000 for b=1 and 20 for b=256; 50 and 5 at tiny) after a few warm-ups, the backends interleaved call by call
-    (:func:`_latency_ms`); b=1 cycles over 256 different queries.
+    1,000 for b=1 and 20 for b=256; 50 and 5 at tiny), the backends interleaved in blocks of 50 calls, each block
+    after a few warm-ups (:func:`_latency_ms`); b=1 cycles over 256 different queries.
 
     Metrics (``cfg`` is accepted for the ``recsys bench`` signature and unused): ``{exact,flat_ip,hnsw}.p50_ms``,
     ``.p99_ms`` (b=1) and ``.p50_ms_b256``, ``.p99_ms_b256``; ``{exact,flat_ip,hnsw}.build_s``;

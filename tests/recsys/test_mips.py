@@ -367,16 +367,19 @@ def test_bench_mips_tiny() -> None:
     assert 0.0 < m["hnsw.recall"] <= 1.0
 
 
-def test_bench_latency_interleaves_the_backends() -> None:
-    """Every round times one call of each backend on the same query, the first backend rotating round by round."""
+def test_bench_latency_interleaves_the_backends_in_blocks() -> None:
+    """Backends take turns in blocks of timed calls, each block after untimed warm-ups; the first backend rotates
+    from round to round and every backend is timed on the same queries."""
     calls: list[tuple[str, int]] = []
     searches = {name: (lambda q, name=name: calls.append((name, int(q[0, 0])))) for name in ("a", "b", "c")}
-    batches = [np.full((1, 2), i, np.float32) for i in range(4)]
-    lat = _latency_ms(searches, batches, warmup=1, repeats=5)
+    batches = [np.full((1, 2), i, np.float32) for i in range(10)]
+    lat = _latency_ms(searches, batches, warmup=1, repeats=5, block=2)
     assert {k: v.shape for k, v in lat.items()} == {"a": (5,), "b": (5,), "c": (5,)}
     assert all((v >= 0).all() for v in lat.values())
-    timed = calls[3:]
-    assert [name for name, _ in timed[::3]] == ["a", "b", "c", "a", "b"]  # who goes first in rounds 0..4
-    for r in range(5):
-        rnd = timed[3 * r: 3 * r + 3]
-        assert sorted(n for n, _ in rnd) == ["a", "b", "c"] and {q for _, q in rnd} == {r % 4}
+    # rounds of (1 warm-up + block) calls per backend: blocks [0, 2), [2, 4), [4, 5)
+    expected = []
+    for r, (lo, hi) in enumerate([(0, 2), (2, 4), (4, 5)]):
+        for j in range(3):
+            name = "abc"[(r + j) % 3]
+            expected += [(name, lo % 10)] + [(name, i) for i in range(lo, hi)]
+    assert calls == expected
