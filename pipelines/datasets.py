@@ -15,14 +15,13 @@ from recsys.data.builders import (
     attach_oracle,
     ctr_samples,
     event_sequences,
-    oracle_scores_of,
+    oracle_metrics,
     topk_eval_set,
     tpp_windows,
 )
 from recsys.data.features import context_features, past_behaviour_features
 from recsys.data.live_index import LiveIndex
 from recsys.data.loaders import KuaiLiveData
-from recsys.metrics import auc, logloss, uauc
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,11 @@ class DatasetsResult:
 
 def oracle_scores(samples: pl.DataFrame, split: str = "test") -> dict[str, float]:
     """AUC / UAUC / LogLoss of the true click probabilities on one split (synthetic data with ``p_true``)."""
-    s = samples.filter((pl.col("split") == split) & pl.col("p_true").is_not_null())
-    if s.height == 0:
+    in_split = (samples["split"] == split).to_numpy()
+    rows = np.flatnonzero(in_split & samples["p_true"].is_not_null().to_numpy())
+    if rows.size == 0:
         raise ValueError(f"no '{split}' samples carry ground truth p_true")
-    y = s["label"].to_numpy().astype(np.int64)
-    p = s["p_true"].to_numpy().astype(np.float64)
-    out = {
-        "auc": auc(y, p),
-        "uauc": uauc(s["user_id"].to_numpy(), y, p),
-        "logloss": logloss(y, p),
-        "coverage": s.height / samples.filter(pl.col("split") == split).height,
-    }
-    rows = np.flatnonzero(((samples["split"] == split) & samples["p_true"].is_not_null()).to_numpy())
-    parts = oracle_scores_of(samples, rows)
-    for name in ("noise_free", "static_user"):
-        if name in parts:
-            out[f"auc_{name}"] = auc(y, parts[name])
-    return out
+    return {**oracle_metrics(samples, rows), "coverage": rows.size / int(in_split.sum())}
 
 
 def build_datasets(data: KuaiLiveData, out_dir: str | Path, truth_dir: str | Path | None = None,

@@ -27,7 +27,7 @@ from models.ranking.heads import predictions
 from models.ranking.inputs import to_input
 from models.ranking.ranker import Ranker, RankerConfig
 from recsys.config import TrackingConfig
-from recsys.data.builders import oracle_scores_of
+from recsys.data.builders import oracle_metrics
 from recsys.data.ranking import FeatureArrays, RankingDataset
 from recsys.metrics import auc, logloss, uauc
 from recsys.tracking import tracking_run
@@ -150,15 +150,7 @@ def evaluate_rows(model: Ranker, ds: RankingDataset, rows: np.ndarray, batch_siz
                 out[f"{task}.auc"] = auc(t, pred[task][clicked])
         gv = lab["gift_value"][clicked]
         out["gift_value.rmse_log"] = float(np.sqrt(np.mean((np.log1p(pred["gift_value"][clicked]) - np.log1p(gv)) ** 2)))
-    oracle = oracle_scores_of(ds.samples, rows)
-    if "true" in oracle:
-        p = oracle["true"]
-        out["oracle.auc"] = auc(y, p)
-        out["oracle.uauc"] = uauc(users, y, p)
-        out["oracle.logloss"] = logloss(y, p)
-    for name in ("noise_free", "static_user"):
-        if name in oracle:
-            out[f"oracle.auc_{name}"] = auc(y, oracle[name])
+    out.update({f"oracle.{k}": v for k, v in oracle_metrics(ds.samples, rows).items()})
     return out
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.live_index import LiveIndex
 from recsys.data.schema import EVENT_TYPE_ID
+from recsys.metrics import auc, logloss, uauc
 from recsys.timeutil import MS_PER_MINUTE, WINDOW_START_MS, cst_day, cst_midnight
 
 Granularity = Literal["streamer", "room"]
@@ -106,6 +107,22 @@ def oracle_scores_of(samples: pl.DataFrame, rows: np.ndarray) -> dict[str, np.nd
         frac = drift_fraction(samples["timestamp"].to_numpy())
         slope = samples["drift_slope_true"].to_numpy().astype(np.float64)
         out["static_user"] = clean - (frac[rows] - frac[train].mean()) * slope[rows]
+    return out
+
+
+def oracle_metrics(samples: pl.DataFrame, rows: np.ndarray) -> dict[str, float]:
+    """The oracle's metrics on ``samples[rows]`` against their ``label``: ``auc``, ``uauc`` and ``logloss`` of the
+    true probability, and ``auc_noise_free`` / ``auc_static_user`` (see :func:`oracle_scores_of`); a score the
+    samples cannot give is left out."""
+    scores = oracle_scores_of(samples, rows)
+    y = samples["label"].to_numpy()[rows].astype(np.int64)
+    out: dict[str, float] = {}
+    if "true" in scores:
+        p = scores["true"]
+        out.update(auc=auc(y, p), uauc=uauc(samples["user_id"].to_numpy()[rows], y, p), logloss=logloss(y, p))
+    for name in ("noise_free", "static_user"):
+        if name in scores:
+            out[f"auc_{name}"] = auc(y, scores[name])
     return out
 
 
@@ -277,6 +294,6 @@ def tpp_windows(events: pl.DataFrame, window_days: int = 3, max_len: int = 256) 
 
 
 __all__ = [
-    "SPLITS", "TopKEvalSet", "attach_oracle", "oracle_scores_of", "chronological_split", "ctr_samples",
-    "event_sequences", "leave_last_out", "topk_eval_set", "tpp_windows",
+    "SPLITS", "TopKEvalSet", "attach_oracle", "chronological_split", "ctr_samples", "event_sequences",
+    "leave_last_out", "oracle_metrics", "oracle_scores_of", "topk_eval_set", "tpp_windows",
 ]

@@ -147,8 +147,8 @@ class RankingFeatureSpec:
     behaviour_len: int = 20
     title_dim: int = TITLE_EMBEDDING_DIM
     dense_features: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DENSE_FEATURES))
-    #: the training period ``[time_origin_ms, time_origin_ms + time_span_ms]``: a row at ``t`` has the drift time
-    #: ``tau = (t - time_origin_ms) / time_span_ms`` (0 at the first training sample, 1 at the last, > 1 after).
+    #: the training period ``[time_origin_ms, time_origin_ms + time_span_ms]`` (first and last training sample), from
+    #: which the ranker's encoder derives a row's drift time (``models.ranking.encoder.RankingEncoder.drift_time``).
     #: ``time_span_ms = 0`` (exports from before the field existed): no time-dependent features.
     time_origin_ms: int = 0
     time_span_ms: int = 0

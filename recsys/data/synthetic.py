@@ -597,14 +597,13 @@ def generate(
     def outcomes() -> dict[str, object]:
         rng = streams[4]
         noise = rng.normal(0, cfg.context_noise_sd, t.size)
-        logit = np.empty(t.size)
+        logit, slope = np.empty(t.size), np.empty(t.size)
         for lo in range(0, t.size, 1_000_000):
             sl = slice(lo, lo + 1_000_000)
             logit[sl] = _click_logit_no_bias(cfg, users, st, rooms, user[sl], room_row[sl], t[sl], noise[sl])
+            slope[sl] = _drift_slope(cfg, users, st, rooms, user[sl], room_row[sl])
         b0 = _calibrate_bias(logit, TARGET_CTR)
         p = _sigmoid(logit + b0)
-        slope = np.concatenate([_drift_slope(cfg, users, st, rooms, user[lo: lo + 1_000_000],
-                                             room_row[lo: lo + 1_000_000]) for lo in range(0, t.size, 1_000_000)])
         clicked = rng.random(t.size) < p
         # watch time for clicks: bounce / engaged mixture, cut at the room's true end
         ci = np.flatnonzero(clicked)
