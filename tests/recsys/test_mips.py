@@ -268,6 +268,37 @@ def test_torch_capacity_grows_and_rows_stay_dense() -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
+def test_torch_scratch_buffer_is_per_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large score blocks reuse a per-thread buffer: searches from several threads at once, each with its own
+    queries and sizes (the buffer grows and shrinks in use), must each equal brute force. A buffer shared between
+    threads would let one thread's matmul overwrite another's scores before its ``topk``."""
+    import recsys.mips.torch_index as torch_index
+
+    monkeypatch.setattr(torch_index, "REUSE_BUFFER_ELEMS", 1)  # every block goes through the scratch buffer
+    rng = np.random.default_rng(8)
+    index = TorchMipsIndex(DIM, chunk_rows=64)  # several row blocks per search
+    items = random_items(rng, np.arange(300))
+    load(index, items)
+    errors: list[BaseException] = []
+
+    def searcher(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        try:
+            for i in range(30):
+                queries = r.standard_normal((1 + (i + seed) % 7, DIM)).astype(np.float32)
+                assert_matches(index, items, queries, 25)
+        except BaseException as exc:  # surfaced by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
+
 def test_concurrent_searches_see_whole_writes(new_index: Callable[..., MipsIndex]) -> None:
     """A writer thread cycles through 4 writes while the main thread searches; every result must be one of the
     3 states between writes, never a mix (a torn snapshot shows a partial block, mixed versions, moved rows under
