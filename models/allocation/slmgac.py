@@ -17,7 +17,10 @@ the row's own head is gathered, :class:`GroupHeads`); ``multi_group=False`` give
 * actor ``pi(1 | s) = sigmoid(ActorHead[g](h_s))`` (two actions: one logit is the 2-way softmax), forced to 0 where
   ``has_candidate = 0`` (the environment's rule);
 * distributional reward critic ``Z(s, a)``: categorical over ``n_bins`` fixed atoms on ``[v_min, v_max]``
-  (buffers), logits ``[2, B]``; ``Q(s, a) = sum_b p_b z_b``;
+  (buffers), logits ``[2, B]``; ``Q(s, a) = sum_b p_b z_b``. With group heads each group has its own atoms, set by
+  :meth:`SLMGAC.prepare` from that group's logged returns (the brief: V_max "per group if scales differ"; here the
+  groups' mean watch times differ by 2x), so a low-value group is not squeezed into a few atoms of a range set by
+  the most active users;
 * exposure critic ``Q_c(s, a)``: expected discounted number of insertions from (s, a) (scalar, MSE), the cost
   critic of the allocation-ratio constraint;
 * supervised reward heads (shared over groups, on ``h_s``): ``p(click | s, insert)`` (BCE on inserted rows),
@@ -111,13 +114,14 @@ class SLMGACConfig:
 
 # ------------------------------------------------------------------------------------------------------ pieces
 def two_hot(y: Tensor, support: Tensor) -> Tensor:
-    """Two-hot projection of scalar targets ``y (n,)`` onto the sorted, evenly spaced atoms ``support (B,)``.
+    """Two-hot projection of scalar targets ``y (n,)`` onto sorted, evenly spaced atoms: ``support (B,)`` shared by
+    all rows, or ``(n, B)`` with each row's own atoms.
 
     ``y`` is clipped to ``[z_1, z_B]``; for ``z_j <= y < z_{j+1}``: ``p_j = (z_{j+1} - y) / (z_{j+1} - z_j)``,
     ``p_{j+1} = 1 - p_j``. Returns ``(n, B)``, rows summing to 1 with mean ``sum_b p_b z_b = clip(y)``.
     """
-    b = support.numel()
-    lo, hi = support[0], support[-1]
+    b = support.shape[-1]
+    lo, hi = support[..., 0], support[..., -1]
     y = y.clamp(lo, hi)
     pos = (y - lo) / (hi - lo) * (b - 1)
     j = pos.floor().long().clamp(0, b - 2)
@@ -231,7 +235,8 @@ class SLMGAC(nn.Module):
         self.watch_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.video_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.student = StudentPolicy(cfg.n_features, cfg.student_hidden, cfg.has_candidate_index)
-        self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.n_bins))
+        # atoms per critic head: (n_heads, B); row g is group g's support (one row without group heads)
+        self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.n_bins).repeat(n_heads, 1))
         self.register_buffer("watch_scale", torch.tensor(1.0))
         self.register_buffer("cost_scale", torch.tensor(1.0))
         self.register_buffer("lagrange", torch.tensor(float(cfg.lambda_init)))
@@ -247,7 +252,8 @@ class SLMGAC(nn.Module):
     def prepare(self, batch: dict[str, Tensor]) -> None:
         """Set the data-dependent buffers from the whole training set: feature standardisation (teacher and
         student), the watch and video scales of the supervised heads and the critic support
-        ``[min(0, q_0.5%), q_99.5%]`` of the discounted logged returns-to-go of ``r - cost_weight * cost``."""
+        ``[min(0, q_0.5%), q_99.5%]`` of the discounted logged returns-to-go of ``r - cost_weight * cost``, per group
+        with group heads (a group without rows takes the range of all rows)."""
         s = batch["s"].float()
         self.norm.set(s)
         self.student.norm.set(s)
@@ -258,9 +264,10 @@ class SLMGAC(nn.Module):
         if (a > 0).any():
             self.cost_scale.fill_(float(c[a > 0].mean().clamp(min=1e-3)))
         ret = returns_to_go(r - self.cfg.cost_weight * c, batch["done"].float(), self.cfg.gamma)
-        lo = min(0.0, float(torch.quantile(ret, 0.005)))
-        hi = max(float(torch.quantile(ret, 0.995)), lo + 1.0)
-        self.support.copy_(torch.linspace(lo, hi, self.cfg.n_bins))
+        g = batch["group"].long() if "group" in batch else self.group_of(s)
+        for k in range(self.support.shape[0]):
+            rows = ret[g == k] if self.support.shape[0] > 1 else ret
+            self.support[k] = _return_support(rows if rows.numel() else ret, self.cfg.n_bins)
         self._sync_targets()
 
     def _target_params(self):
@@ -301,9 +308,13 @@ class SLMGAC(nn.Module):
         logits = (self.target_critic if target else self.critic)(h, group)
         return F.log_softmax(logits.view(-1, 2, self.cfg.n_bins), dim=-1)
 
+    def support_of(self, group: Tensor) -> Tensor:
+        """Each row's atoms ``(n, B)`` (its group's, or the one shared support without group heads)."""
+        return self.support[group.long().clamp(0, self.support.shape[0] - 1)]
+
     def q_values(self, h: Tensor, group: Tensor, target: bool = False) -> Tensor:
         """``Q(s, a) = E[Z(s, a)]``: ``(n, 2)``."""
-        return (self.critic_dist(h, group, target).exp() * self.support).sum(-1)
+        return (self.critic_dist(h, group, target).exp() * self.support_of(group)[:, None, :]).sum(-1)
 
     def q_exposure(self, h: Tensor, group: Tensor, target: bool = False) -> Tensor:
         """Expected discounted insertions ``Q_c(s, a)``: ``(n, 2)``."""
@@ -368,7 +379,7 @@ class SLMGAC(nn.Module):
         y, y_c = self.critic_target(batch)
         ai = a.long()
         logp = self.critic_dist(h, g)[torch.arange(s.shape[0]), ai]  # (n, B)
-        out["critic"] = -(two_hot(y, self.support) * logp).sum(-1).mean()
+        out["critic"] = -(two_hot(y, self.support_of(g)) * logp).sum(-1).mean()
         qc = self.q_exposure(h, g).gather(1, ai[:, None]).squeeze(1)
         out["exposure"] = F.mse_loss(qc, y_c)
 
@@ -465,6 +476,13 @@ class SLMGAC(nn.Module):
     def serving(self) -> tuple[str, dict, nn.Module]:
         """What :func:`models.allocation.export.save_policy` stores: the distilled student."""
         return "StudentPolicy", self.student.init_args(), self.student
+
+
+def _return_support(ret: Tensor, n_bins: int) -> Tensor:
+    """``n_bins`` atoms evenly spaced on ``[min(0, q_0.5%), max(q_99.5%, lo + 1)]`` of the returns ``ret (m,)``."""
+    lo = min(0.0, float(torch.quantile(ret, 0.005)))
+    hi = max(float(torch.quantile(ret, 0.995)), lo + 1.0)
+    return torch.linspace(lo, hi, n_bins)
 
 
 def returns_to_go(r: Tensor, done: Tensor, gamma: float) -> Tensor:

@@ -105,6 +105,41 @@ def test_two_hot_mass_mean_and_clipping() -> None:
     assert p[0, 0] == 1 and p[-1, -1] == 1
 
 
+def test_two_hot_with_a_support_per_row() -> None:
+    support = torch.stack([torch.linspace(0.0, 10.0, 11), torch.linspace(-4.0, 40.0, 11)])
+    y = torch.tensor([3.3, 3.3, 12.0, 50.0])
+    rows = support[torch.tensor([0, 1, 0, 1])]
+    p = two_hot(y, rows)
+    torch.testing.assert_close(p.sum(1), torch.ones(4))
+    torch.testing.assert_close((p * rows).sum(1), torch.tensor([3.3, 3.3, 10.0, 40.0]))
+    torch.testing.assert_close(p[0], two_hot(y[:1], support[0])[0])
+
+
+def test_each_group_gets_the_critic_support_of_its_own_returns() -> None:
+    """Group heads: each group's atoms span its own logged returns (one terminal step each, so return = reward),
+    and Q is read on the row's own atoms; without group heads one support spans all returns."""
+    b = _batch(300, seed=4)
+    b["done"] = torch.ones(300)
+    b["cost"] = torch.zeros(300)
+    b["r"] = 5.0 * (b["group"].float() + 1.0) * torch.rand(300, generator=torch.Generator().manual_seed(1))
+    m = _model(cost_weight=0.0)
+    m.prepare(b)
+    assert m.support.shape == (3, 11)
+    for k in range(3):
+        ret = b["r"][b["group"] == k]
+        assert m.support[k, 0] == 0.0
+        assert m.support[k, -1] == pytest.approx(float(torch.quantile(ret, 0.995)), rel=1e-5)
+    assert m.support[0, -1] < m.support[1, -1] < m.support[2, -1]
+    h = m.encode(b["s"])
+    dist = m.critic_dist(h, b["group"]).exp()
+    q = m.q_values(h, b["group"])
+    torch.testing.assert_close(q, (dist * m.support[b["group"]][:, None, :]).sum(-1))
+    shared = _model(cost_weight=0.0, multi_group=False)
+    shared.prepare(b)
+    assert shared.support.shape == (1, 11)
+    assert shared.support[0, -1] == pytest.approx(float(torch.quantile(b["r"], 0.995)), rel=1e-5)
+
+
 def test_distributional_critic_learns_a_known_mean() -> None:
     """Toy: every transition terminal with r_hat fixed; the critic's mean converges to r_hat."""
     m = _model(sl_reward=False, cost_weight=0.0, alloc_target=None)
