@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.live_index import LiveIndex
 from recsys.data.schema import EVENT_TYPE_ID
+from recsys.data.synthetic import drift_fraction
 from recsys.metrics import auc, logloss, uauc
 from recsys.timeutil import MS_PER_MINUTE, WINDOW_START_MS, cst_day, cst_midnight
 
@@ -95,8 +96,6 @@ def oracle_scores_of(samples: pl.DataFrame, rows: np.ndarray) -> dict[str, np.nd
         out["true"] = p[rows]
     if "noise_true" not in samples.columns or "drift_slope_true" not in samples.columns:
         return out
-    from recsys.data.synthetic import drift_fraction
-
     q = np.clip(p[rows], 1e-12, 1 - 1e-12)
     clean = np.log(q / (1 - q)) - samples["noise_true"].to_numpy().astype(np.float64)[rows]
     if np.isnan(clean).any():
