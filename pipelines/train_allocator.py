@@ -10,6 +10,7 @@ floats. Everything is seeded by ``cfg.seed``; training is CPU minibatch Adam wit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class AllocatorTrainConfig:
         polish_steps: SL-MGAC / plain AC: after the main loop lambda is solved exactly on the logged states
             (:meth:`SLMGAC.solve_lagrange`) and the actor alone is trained this many steps at that lambda.
         distill_steps: extra student-only steps after training (SL-MGAC / plain AC).
+        lr_schedule: ``"constant"``, or ``"cosine"``: the main loop's learning rate decays from ``lr`` to 0 along a
+            half cosine, so the last updates are small and the final weights depend less on the last minibatches.
         seed: seeds torch and the minibatch sampler.
         threads: torch intra-op threads during the fit (restored afterwards).
         options: model-config overrides (fields of the model's config).
@@ -52,6 +55,7 @@ class AllocatorTrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     grad_clip: float = 10.0
+    lr_schedule: str = "constant"
     gamma: float | None = None
     alloc_target: float | None = 0.3
     cost_weight: float = 1.0
@@ -67,6 +71,8 @@ class AllocatorTrainConfig:
             raise ValueError(f"unknown allocator {self.policy!r}; choose one of {sorted(ALLOCATORS)}")
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0: {self}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
 def transitions(logged: LoggedData) -> dict[str, np.ndarray]:
@@ -138,6 +144,33 @@ def _to_tensors(tr: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _optimise(params: list[nn.Parameter], loss_of: Callable[[torch.Tensor], dict[str, torch.Tensor]], steps: int,
+              cfg: AllocatorTrainConfig, rng: np.random.Generator, n: int, grad_clip: float | None,
+              after: Callable[[dict[str, torch.Tensor]], None] | None = None) -> dict[str, list[float]]:
+    """``steps`` Adam steps on minibatches of ``cfg.batch_size`` row indices drawn with replacement from ``n``:
+    ``loss_of(idx)`` returns a dict whose ``"loss"`` is minimised (``after`` sees it after each step), with gradient
+    clipping unless ``grad_clip`` is None and ``cfg.lr_schedule``. Returns every output's per-step history."""
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+             if cfg.lr_schedule == "cosine" else None)
+    history: dict[str, list[float]] = {}
+    for _ in range(steps):
+        idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
+        out = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if after is not None:
+            after(out)
+        for k, v in out.items():
+            history.setdefault(k, []).append(float(v.detach()))
+    return history
+
+
 def fit_allocator(logged: LoggedData, cfg: AllocatorTrainConfig) -> tuple[Any, Any, dict[str, float]]:
     """Train ``cfg.policy`` offline on ``logged``; returns ``(policy callable, model, metrics)``."""
     t0 = time.perf_counter()
@@ -165,40 +198,20 @@ def fit_allocator(logged: LoggedData, cfg: AllocatorTrainConfig) -> tuple[Any, A
         data = _to_tensors(tr)
         model.prepare(data)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr)
-        history: dict[str, list[float]] = {}
         model.train()
-        for _ in range(cfg.steps):
-            idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
-            out = model.losses({k: v[idx] for k, v in data.items()})
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            model.after_step(out)
-            for k, v in out.items():
-                history.setdefault(k, []).append(float(v.detach()))
+        history = _optimise(params, lambda idx: model.losses({k: v[idx] for k, v in data.items()}), cfg.steps,
+                            cfg, rng, n, cfg.grad_clip, after=model.after_step)
         metrics = {f"final_{k}": float(np.mean(v[-50:])) for k, v in history.items()}
 
         if isinstance(model, SLMGAC):
             metrics["lagrange_dual_ascent"] = float(model.lagrange)
             with torch.no_grad():
                 model.solve_lagrange(data["s"])
-            a_opt = torch.optim.Adam(model.actor.parameters(), lr=cfg.lr)
-            for _ in range(cfg.polish_steps):
-                idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
-                loss = model.losses({k: v[idx] for k, v in data.items()})["actor"]
-                a_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.actor.parameters(), cfg.grad_clip)
-                a_opt.step()
-            s_opt = torch.optim.Adam(model.student.parameters(), lr=cfg.lr)
-            for _ in range(cfg.distill_steps):
-                idx = torch.as_tensor(rng.integers(0, n, size=min(cfg.batch_size, n)))
-                loss = model.distill_loss(data["s"][idx])
-                s_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                s_opt.step()
+            _optimise(list(model.actor.parameters()),
+                      lambda idx: {"loss": model.losses({k: v[idx] for k, v in data.items()})["actor"]},
+                      cfg.polish_steps, cfg, rng, n, cfg.grad_clip)
+            _optimise(list(model.student.parameters()), lambda idx: {"loss": model.distill_loss(data["s"][idx])},
+                      cfg.distill_steps, cfg, rng, n, None)
             model.eval()
             with torch.no_grad():
                 teacher = model.prob_insert(data["s"])

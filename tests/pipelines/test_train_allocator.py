@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.allocation.export import load_policy, save_policy
-from pipelines.train_allocator import AllocatorTrainConfig, fit_allocator, transitions
+from pipelines.train_allocator import AllocatorTrainConfig, _optimise, fit_allocator, transitions
 from recsys.feed import FeedEnv, never
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -58,6 +59,30 @@ def test_fit_is_seeded(logged) -> None:
     p1 = fit_allocator(logged, cfg)[0](logged.features)
     p2 = fit_allocator(logged, cfg)[0](logged.features)
     np.testing.assert_array_equal(p1, p2)
+
+
+def test_cosine_schedule_shrinks_the_last_updates_to_nothing() -> None:
+    def step_sizes(schedule: str) -> list[float]:
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.zeros(4))
+        target = torch.randn(64, 4)
+        last, sizes = [w.detach().clone()], []
+
+        def record(_: dict) -> None:
+            sizes.append(float((w.detach() - last[0]).norm()))
+            last[0] = w.detach().clone()
+
+        cfg = AllocatorTrainConfig(policy="bc", lr=0.1, batch_size=8, lr_schedule=schedule)
+        _optimise([w], lambda idx: {"loss": (w - target[idx]).square().mean()}, 100, cfg,
+                  np.random.default_rng(0), 64, 10.0, after=record)
+        return sizes
+
+    const, cosine = step_sizes("constant"), step_sizes("cosine")
+    assert len(const) == len(cosine) == 100
+    assert cosine[0] == pytest.approx(const[0])  # both start at lr
+    assert cosine[-1] < 0.01 * const[-1]  # the cosine's last step is ~lr * (1 - cos(pi / 100)) / 2
+    with pytest.raises(ValueError, match="lr_schedule"):
+        AllocatorTrainConfig(lr_schedule="linear")
 
 
 def test_slmgac_offline_beats_never_and_respects_the_allocation_target(logged, env: FeedEnv, tmp_path: Path) -> None:
