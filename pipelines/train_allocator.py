@@ -43,8 +43,9 @@ class AllocatorTrainConfig:
         polish_steps: SL-MGAC / plain AC: after the main loop lambda is solved exactly on the logged states
             (:meth:`SLMGAC.solve_lagrange`) and the actor alone is trained this many steps at that lambda.
         distill_steps: extra student-only steps after training (SL-MGAC / plain AC).
-        lr_schedule: ``"constant"``, or ``"cosine"``: the main loop's learning rate decays from ``lr`` to 0 along a
-            half cosine, so the last updates are small and the final weights depend less on the last minibatches.
+        lr_schedule: ``"constant"``, or ``"cosine"``: in each phase (main loop, polish, distillation) the learning
+            rate decays from ``lr`` to 0 along a half cosine. On the ``small`` bench it lowers every actor-critic's
+            true value (BENCHMARKS, allocation), so constant is the default.
         seed: seeds torch and the minibatch sampler.
         threads: torch intra-op threads during the fit (restored afterwards).
         options: model-config overrides (fields of the model's config).
