@@ -90,6 +90,7 @@ class SLMGACConfig:
     gamma: float = 0.95
     tau: float = 0.005
     multi_group: bool = True
+    group_shared: bool = False  # group heads as shared head + per-group residual (GroupHeads(shared=True))
     sl_reward: bool = True
     cost_weight: float = 1.0  # kappa of the anti-greedy reward, per minute of short video given up
     alloc_target: float | None = 0.3  # rho; None: no constraint
@@ -147,19 +148,27 @@ class GroupHeads(nn.Module):
     """One :class:`Head` per group, hard-routed: ``forward(h (n, d_in), group (n,) long) -> (n, d_out)``.
 
     All heads run on all rows and each row gathers its own group's output, so a row depends only on its group's head.
-    With one head (``n_heads = 1``) the group is ignored.
+    With one head (``n_heads = 1``) the group is ignored. With ``shared=True`` (and more than one head) a shared
+    :class:`Head` trained on every row is added to the routed one, ``out = shared(h) + head_g(h)``; the routed heads'
+    last layers start at zero, so each group begins at the shared head and learns only its own residual.
     """
 
-    def __init__(self, d_in: int, hidden: int, d_out: int, n_heads: int) -> None:
+    def __init__(self, d_in: int, hidden: int, d_out: int, n_heads: int, shared: bool = False) -> None:
         super().__init__()
         self.heads = nn.ModuleList(Head(d_in, hidden, d_out) for _ in range(n_heads))
+        self.shared = Head(d_in, hidden, d_out) if shared and n_heads > 1 else None
+        if self.shared is not None:
+            for head in self.heads:
+                nn.init.zeros_(head.net[-1].weight)
+                nn.init.zeros_(head.net[-1].bias)
 
     def forward(self, h: Tensor, group: Tensor) -> Tensor:
         if len(self.heads) == 1:
             return self.heads[0](h)
         out = torch.stack([head(h) for head in self.heads], dim=1)  # (n, G, d_out)
         g = group.long().clamp(0, len(self.heads) - 1)
-        return out[torch.arange(h.shape[0], device=h.device), g]
+        routed = out[torch.arange(h.shape[0], device=h.device), g]
+        return routed if self.shared is None else routed + self.shared(h)
 
 
 class Standardize(nn.Module):
@@ -228,9 +237,9 @@ class SLMGAC(nn.Module):
             nn.Linear(cfg.n_features, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.ReLU(),
             nn.Linear(cfg.hidden, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.ReLU(),
         )
-        self.actor = GroupHeads(cfg.hidden, cfg.head_hidden, 1, n_heads)
-        self.critic = GroupHeads(cfg.hidden, cfg.head_hidden, 2 * cfg.n_bins, n_heads)
-        self.exposure = GroupHeads(cfg.hidden, cfg.head_hidden, 2, n_heads)
+        self.actor = GroupHeads(cfg.hidden, cfg.head_hidden, 1, n_heads, cfg.group_shared)
+        self.critic = GroupHeads(cfg.hidden, cfg.head_hidden, 2 * cfg.n_bins, n_heads, cfg.group_shared)
+        self.exposure = GroupHeads(cfg.hidden, cfg.head_hidden, 2, n_heads, cfg.group_shared)
         self.click_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.watch_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.video_head = Head(cfg.hidden, cfg.head_hidden, 1)

@@ -74,6 +74,26 @@ def test_group_heads_route_each_row_to_its_own_head() -> None:
     assert not torch.allclose(out2[g == 1], out[g == 1])
 
 
+def test_shared_group_heads_start_shared_and_learn_a_residual_per_group() -> None:
+    torch.manual_seed(0)
+    gh = GroupHeads(8, 16, 3, n_heads=3, shared=True)
+    h, g = torch.randn(30, 8), torch.arange(30) % 3
+    out = gh(h, g)
+    torch.testing.assert_close(out, gh.shared(h))  # every group starts at the shared head
+    # a loss on group-0 rows only reaches the shared head and group 0's residual, never another group's head
+    gh(h[g == 0], g[g == 0]).square().sum().backward()
+    assert gh.shared.net[0].weight.grad.abs().sum() > 0
+    assert gh.heads[0].net[-1].weight.grad.abs().sum() > 0
+    for k in (1, 2):
+        assert all(p.grad is None or not p.grad.any() for p in gh.heads[k].parameters())
+    with torch.no_grad():
+        gh.heads[2].net[-1].bias.fill_(1.0)
+    out2 = gh(h, g)
+    torch.testing.assert_close(out2[g != 2], out[g != 2])
+    torch.testing.assert_close(out2[g == 2], out[g == 2] + 1.0)
+    assert GroupHeads(8, 16, 3, n_heads=1, shared=True).shared is None  # one head: nothing to share
+
+
 def test_actor_output_depends_only_on_its_groups_head() -> None:
     m = _model()
     x = _states(40)
