@@ -149,8 +149,9 @@ def _optimise(params: list[nn.Parameter], loss_of: Callable[[torch.Tensor], dict
               cfg: AllocatorTrainConfig, rng: np.random.Generator, n: int, grad_clip: float | None,
               after: Callable[[dict[str, torch.Tensor]], None] | None = None) -> dict[str, list[float]]:
     """``steps`` Adam steps on minibatches of ``cfg.batch_size`` row indices drawn with replacement from ``n``:
-    ``loss_of(idx)`` returns a dict whose ``"loss"`` is minimised (``after`` sees it after each step), with gradient
-    clipping unless ``grad_clip`` is None and ``cfg.lr_schedule``. Returns every output's per-step history."""
+    ``loss_of(idx)`` returns a dict whose ``"loss"`` is minimised (``after`` sees it after each step). The gradient
+    norm is clipped at ``grad_clip`` (None: not clipped) and the rate follows ``cfg.lr_schedule``. Returns every
+    output's per-step history."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
              if cfg.lr_schedule == "cosine" else None)
