@@ -456,7 +456,8 @@ def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     options = _json_object("--options", args.options, '{"hidden": 128}')
     job = importlib.import_module("pipelines.train_allocator")
     tcfg = job.AllocatorTrainConfig(policy=args.policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                    alloc_target=args.alloc_target, seed=args.seed, options=options)
+                                    lr_schedule=args.lr_schedule, alloc_target=args.alloc_target, seed=args.seed,
+                                    options=options)
     export = Path(args.export or f"runs/allocator/{args.policy}")
     res = job.train_allocator_job(_data_dir(args, cfg), tcfg, cfg.tracking, n_log_sessions=args.sessions,
                                   n_true_sessions=args.true_sessions, logs_path=args.logs, export_dir=export)
@@ -778,6 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--steps", type=int, default=1500)
     al.add_argument("--batch-size", type=int, default=256)
     al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                    help="learning rate over each training phase (cosine: decays to 0)")
     al.add_argument("--alloc-target", type=float, default=0.3, help="allowed share of live insertions")
     al.add_argument("--options", help="JSON overrides of the allocator config, e.g. '{\"hidden\": 128}'")
     al.add_argument("--seed", type=int, default=0)

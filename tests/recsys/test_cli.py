@@ -363,7 +363,8 @@ def test_train_allocator_then_replay_the_exported_policy(tiny_dir: Path, tmp_pat
     data_dir = tiny_dir  # the environment needs the synthetic truth
     export = tmp_path / "policy"
     argv = ["train", "allocator", "--policy", "slmgac", "--data", str(data_dir), "--sessions", "200",
-            "--true-sessions", "300", "--steps", "60", "--export", str(export), "--no-mlflow"]
+            "--true-sessions", "300", "--steps", "60", "--lr-schedule", "cosine", "--export", str(export),
+            "--no-mlflow"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "true value" in out and (export / "weights.pt").exists()
@@ -381,6 +382,13 @@ def test_train_allocator_then_replay_the_exported_policy(tiny_dir: Path, tmp_pat
 def test_train_allocator_bad_flags(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "allocator", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_train_allocator_rejects_an_unknown_lr_schedule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "allocator", "--lr-schedule", "linear"])
+    assert exc.value.code == 2
+    assert "argument --lr-schedule: invalid choice: 'linear'" in capsys.readouterr().err
 
 
 def test_cli_allocator_choices_are_the_registry() -> None:
