@@ -10,7 +10,9 @@ id and behaviour sequences, so there is no target attention: the MLP is the whol
 
 **MG-SD (multi-group state decomposition).** The activity group ``g(u)`` is the one-hot block of the last
 ``n_groups`` feature columns. Actor and critics have one head per group (hard routing: all G heads are computed and
-the row's own head is gathered, :class:`GroupHeads`); ``multi_group=False`` gives a single shared head (ablation).
+the row's own head is gathered, :class:`GroupHeads`); ``multi_group=False`` gives a single shared head (ablation);
+``group_critic=False`` keeps the group heads in the actor only (one critic head for every group: see BENCHMARKS,
+allocation, for what each costs on the small twin).
 
 **Heads.** Every head is ``Linear -> LayerNorm -> ReLU -> Linear`` (:class:`Head`).
 
@@ -90,6 +92,7 @@ class SLMGACConfig:
     gamma: float = 0.95
     tau: float = 0.005
     multi_group: bool = True
+    group_critic: bool = True  # with multi_group: the reward and exposure critics have group heads too
     group_shared: bool = False  # group heads as shared head + per-group residual (GroupHeads(shared=True))
     sl_reward: bool = True
     cost_weight: float = 1.0  # kappa of the anti-greedy reward, per minute of short video given up
@@ -232,20 +235,21 @@ class SLMGAC(nn.Module):
         super().__init__()
         self.cfg = cfg
         n_heads = cfg.n_groups if cfg.multi_group else 1
+        n_critic_heads = n_heads if cfg.group_critic else 1
         self.norm = Standardize(cfg.n_features)
         self.encoder = nn.Sequential(
             nn.Linear(cfg.n_features, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.ReLU(),
             nn.Linear(cfg.hidden, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.ReLU(),
         )
         self.actor = GroupHeads(cfg.hidden, cfg.head_hidden, 1, n_heads, cfg.group_shared)
-        self.critic = GroupHeads(cfg.hidden, cfg.head_hidden, 2 * cfg.n_bins, n_heads, cfg.group_shared)
-        self.exposure = GroupHeads(cfg.hidden, cfg.head_hidden, 2, n_heads, cfg.group_shared)
+        self.critic = GroupHeads(cfg.hidden, cfg.head_hidden, 2 * cfg.n_bins, n_critic_heads, cfg.group_shared)
+        self.exposure = GroupHeads(cfg.hidden, cfg.head_hidden, 2, n_critic_heads, cfg.group_shared)
         self.click_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.watch_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.video_head = Head(cfg.hidden, cfg.head_hidden, 1)
         self.student = StudentPolicy(cfg.n_features, cfg.student_hidden, cfg.has_candidate_index)
-        # atoms per critic head: (n_heads, B); row g is group g's support (one row without group heads)
-        self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.n_bins).repeat(n_heads, 1))
+        # atoms per critic head: (n_critic_heads, B); row g is group g's support (one row without group critics)
+        self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.n_bins).repeat(n_critic_heads, 1))
         self.register_buffer("watch_scale", torch.tensor(1.0))
         self.register_buffer("cost_scale", torch.tensor(1.0))
         self.register_buffer("lagrange", torch.tensor(float(cfg.lambda_init)))

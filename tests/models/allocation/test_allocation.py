@@ -160,6 +160,22 @@ def test_each_group_gets_the_critic_support_of_its_own_returns() -> None:
     assert shared.support[0, -1] == pytest.approx(float(torch.quantile(b["r"], 0.995)), rel=1e-5)
 
 
+def test_group_critic_off_keeps_group_heads_in_the_actor_only() -> None:
+    b = _batch(300, seed=4)
+    m = _model(group_critic=False)
+    m.prepare(b)
+    assert len(m.actor.heads) == 3
+    assert len(m.critic.heads) == len(m.exposure.heads) == len(m.target_critic.heads) == 1
+    assert m.support.shape == (1, 11)  # one support over every group's returns
+    out = m.losses(b)  # trains end to end
+    assert torch.isfinite(out["loss"])
+    h = m.encode(b["s"])
+    q = m.q_values(h, b["group"])  # the same head and atoms for every group
+    other = (b["group"] + 1) % 3
+    torch.testing.assert_close(q, m.q_values(h, other))
+    assert not torch.allclose(m.actor_logit(h, b["group"]), m.actor_logit(h, other))
+
+
 def test_distributional_critic_learns_a_known_mean() -> None:
     """Toy: every transition terminal with r_hat fixed; the critic's mean converges to r_hat."""
     m = _model(sl_reward=False, cost_weight=0.0, alloc_target=None)
