@@ -27,6 +27,9 @@ from recsys.feed.env import LoggedData, feature_index, n_groups_of
 from recsys.ope import implied_rate
 from recsys.tracking import tracking_run
 
+#: learning-rate schedules of :class:`AllocatorTrainConfig` (``recsys.cli`` keeps a copy, tested equal)
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class AllocatorTrainConfig:
@@ -72,8 +75,8 @@ class AllocatorTrainConfig:
             raise ValueError(f"unknown allocator {self.policy!r}; choose one of {sorted(ALLOCATORS)}")
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0: {self}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 def transitions(logged: LoggedData) -> dict[str, np.ndarray]:

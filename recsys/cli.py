@@ -442,6 +442,7 @@ def _print_ope(res: Any) -> None:
 
 
 ALLOCATOR_POLICIES = ("slmgac", "bc", "dqn", "cql", "plain_ac", "threshold")
+ALLOCATOR_LR_SCHEDULES = ("constant", "cosine")
 
 
 def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
@@ -779,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--steps", type=int, default=1500)
     al.add_argument("--batch-size", type=int, default=256)
     al.add_argument("--lr", type=float, default=1e-3)
-    al.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+    al.add_argument("--lr-schedule", choices=ALLOCATOR_LR_SCHEDULES, default="constant",
                     help="learning rate over each training phase (cosine: decays to 0)")
     al.add_argument("--alloc-target", type=float, default=0.3, help="allowed share of live insertions")
     al.add_argument("--options", help="JSON overrides of the allocator config, e.g. '{\"hidden\": 128}'")

@@ -398,6 +398,13 @@ def test_cli_allocator_choices_are_the_registry() -> None:
     assert set(ALLOCATOR_POLICIES) == set(ALLOCATORS)
 
 
+def test_cli_allocator_lr_schedules_are_the_trainers() -> None:
+    from pipelines.train_allocator import LR_SCHEDULES
+    from recsys.cli import ALLOCATOR_LR_SCHEDULES
+
+    assert ALLOCATOR_LR_SCHEDULES == LR_SCHEDULES
+
+
 def test_train_allocator_without_truth_names_the_missing_file(data_dir: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "allocator", "--data", str(data_dir), "--no-mlflow"]) == 1

@@ -298,7 +298,6 @@ def test_torch_scratch_buffer_is_per_thread(monkeypatch: pytest.MonkeyPatch) -> 
     assert not errors, errors
 
 
-
 def test_concurrent_searches_see_whole_writes(new_index: Callable[..., MipsIndex]) -> None:
     """A writer thread cycles through 4 writes while the main thread searches; every result must be one of the
     3 states between writes, never a mix (a torn snapshot shows a partial block, mixed versions, moved rows under
