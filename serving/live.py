@@ -100,14 +100,17 @@ class LiveCatalog:
         if n == 0:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32), []) for _ in nows]
         scores, ids = self.index.search(np.asarray(user_vectors, np.float32), min(k, n))
+        item_rooms = self._item_rooms  # one snapshot for the whole batch (a sync replaces the dict, never edits it)
         out = []
         for row_ids, row_scores, now in zip(ids, scores, nows):
             keep, rooms = [], []
             for j, item in enumerate(row_ids.tolist()):
-                room = self.room_of(item, now)
-                if room is not None:
-                    keep.append(j)
-                    rooms.append(room)
+                # inline room_of: this loop runs k times per request
+                for room in item_rooms.get(item, ()):
+                    if room.start <= now:
+                        keep.append(j)
+                        rooms.append(room)
+                        break
             out.append((row_ids[keep], row_scores[keep], rooms))
         return out
 

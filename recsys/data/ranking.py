@@ -376,7 +376,10 @@ class ServingTables:
     def title_rows(self, live_ids: np.ndarray) -> np.ndarray:
         """Title rows of rooms (0 for a room not in the table)."""
         pos = IdIndex(self.room_ids).lookup(live_ids)
-        return np.where(pos > 0, np.r_[0, self.room_title_row][pos], 0)
+        if self.room_title_row.size == 0:
+            return np.zeros(pos.shape, np.int64)
+        # index the table by pos - 1 (never a copy of the whole table: this runs once per served request)
+        return np.where(pos > 0, self.room_title_row[np.maximum(pos - 1, 0)], 0)
 
 
 def build_serving_tables(ds: "RankingDataset", tables: dict[str, pl.DataFrame], as_of: int | None = None

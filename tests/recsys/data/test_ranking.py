@@ -26,6 +26,7 @@ from recsys.data.ranking import (
     IdIndex,
     RankingDataset,
     RankingFeatureSpec,
+    ServingTables,
     build_ranking_dataset,
     dense_features,
     gap_bucket,
@@ -428,6 +429,18 @@ def test_id_index_lookup() -> None:
     assert idx.size == 4
     np.testing.assert_array_equal(idx.lookup(np.array([3, 10, 42, 0, 4, 43, -1, 10**12])), [1, 2, 3, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(IdIndex(np.array([], np.int64)).lookup(np.array([1, 2])), [0, 0])
+
+
+def test_serving_tables_title_rows() -> None:
+    """Known rooms get their own title row, unknown ones (and an empty table) row 0."""
+    tables = ServingTables(user_profile=np.zeros((1, 1), np.int64), streamer_profile=np.zeros((1, 1), np.int64),
+                           title_table=np.zeros((4, 2), np.float32), room_ids=np.array([10, 20, 30], np.int64),
+                           room_title_row=np.array([3, 0, 1], np.int64), user_dense=np.zeros((1, 1)),
+                           streamer_dense=np.zeros((1, 1)), as_of=0)
+    np.testing.assert_array_equal(tables.title_rows(np.array([30, 5, 10, 20, 31, 10])), [1, 0, 3, 0, 0, 3])
+    empty = ServingTables(**{**tables.__dict__, "room_ids": np.zeros(0, np.int64),
+                             "room_title_row": np.zeros(0, np.int64)})
+    np.testing.assert_array_equal(empty.title_rows(np.array([10, 20])), [0, 0])
 
 
 def test_feature_spec_json_round_trip(ds: RankingDataset) -> None:
