@@ -125,9 +125,9 @@ def _ranks(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def generator_recall(model: GRank, ds: RetrievalDataset, users: np.ndarray, times: np.ndarray,
-                     cands: np.ndarray, valid: np.ndarray, batch_size: int = 128) -> float:
-    """Share of targets inside the generator's top-k1 (the ranker's ceiling)."""
+def generator_hits(model: GRank, ds: RetrievalDataset, users: np.ndarray, times: np.ndarray,
+                   cands: np.ndarray, valid: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Per target, whether it is inside the generator's top-k1 (the ranker's ceiling); bool ``[n]``."""
     model.eval()
     device = next(model.parameters()).device
     hits = []
@@ -137,25 +137,42 @@ def generator_recall(model: GRank, ds: RetrievalDataset, users: np.ndarray, time
         e = model.item_vectors(torch.as_tensor(cands[sl], device=device))
         s = torch.einsum("bd,bcd->bc", model.user_vector(q), e).double().cpu().numpy()
         hits.append(_ranks(np.where(valid[sl], s, -np.inf), valid[sl]) <= model.cfg.k1)
-    return float(np.mean(np.concatenate(hits)))
+    return np.concatenate(hits) if hits else np.zeros(0, bool)
+
+
+#: Targets scored per chunk by :func:`evaluate_retriever`: bounds its memory (at full scale a split is 23,771
+#: targets x about 13,000 live items; all at once did not fit in 24 GiB). A multiple of the scoring batch size
+#: keeps the batches, and so the scores, the same as one pass over everything.
+EVAL_CHUNK = 2048
 
 
 def evaluate_retriever(model: torch.nn.Module | None, ds: RetrievalDataset, split: str = "test",
-                       full_pool: bool = True, batch_size: int = 128) -> dict[str, float]:
+                       full_pool: bool = True, batch_size: int = 128, chunk: int = EVAL_CHUNK) -> dict[str, float]:
     """Recall/NDCG@{5,10,20} on the protocol's candidates; with ``full_pool`` also @{50,500} against every item
-    live at t (and the generator's recall@k1 for GRank with a ranker)."""
-    users, times, cands, valid = eval_candidates(ds, split)
-    ranks = _ranks(score_candidates(model, ds, users, times, cands, valid, batch_size), valid)
-    out = topk_metrics(ranks, SAMPLED_KS)
-    out["n"] = float(users.size)
+    live at t (and the generator's recall@k1 for GRank with a ranker). Targets are scored ``chunk`` at a time."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n = ds.eval_sets[split].targets.height
+    with_generator = full_pool and isinstance(model, GRank) and model.ranker is not None
+    sampled, full, live, hits = [], [], [], []
+    for lo in range(0, n, chunk):
+        rows = np.arange(lo, min(lo + chunk, n))
+        users, times, cands, valid = eval_candidates(ds, split, rows=rows)
+        sampled.append(_ranks(score_candidates(model, ds, users, times, cands, valid, batch_size), valid))
+        if full_pool:
+            users, times, cands, valid = eval_candidates(ds, split, full_pool=True, rows=rows)
+            full.append(_ranks(score_candidates(model, ds, users, times, cands, valid, batch_size), valid))
+            live.append(valid.sum(1))
+            if with_generator:
+                hits.append(generator_hits(model, ds, users, times, cands, valid, batch_size))
+        del cands, valid
+    out = topk_metrics(np.concatenate(sampled) if sampled else np.zeros(0, np.int64), SAMPLED_KS)
+    out["n"] = float(n)
     if full_pool:
-        users, times, cands, valid = eval_candidates(ds, split, full_pool=True)
-        full = _ranks(score_candidates(model, ds, users, times, cands, valid, batch_size), valid)
-        out.update(topk_metrics(full, FULL_KS))
-        out["mean_live"] = float(valid.sum(1).mean())
-        if isinstance(model, GRank) and model.ranker is not None:
-            out[f"generator_recall@{model.cfg.k1}"] = generator_recall(model, ds, users, times, cands, valid,
-                                                                        batch_size)
+        out.update(topk_metrics(np.concatenate(full) if full else np.zeros(0, np.int64), FULL_KS))
+        out["mean_live"] = float(np.concatenate(live).mean()) if live else 0.0
+        if with_generator:
+            out[f"generator_recall@{model.cfg.k1}"] = float(np.concatenate(hits).mean())
     return out
 
 

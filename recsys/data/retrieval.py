@@ -289,14 +289,15 @@ def build_retrieval_dataset(data: KuaiLiveData, granularity: Granularity, n_nega
     )
 
 
-def eval_candidates(ds: RetrievalDataset, split: str, full_pool: bool = False
+def eval_candidates(ds: RetrievalDataset, split: str, full_pool: bool = False, rows: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(user rows, times, candidates [n, C], valid [n, C]) of a split; column 0 is the target. ``full_pool`` ranks
-    against every item live at t instead of the sampled negatives."""
+    """(user rows, times, candidates [n, C], valid [n, C]) of a split's targets (``rows`` of it, all by default);
+    column 0 is the target. ``full_pool`` ranks against every item live at t instead of the sampled negatives."""
     ev = ds.eval_sets[split]
-    users = ds.user_index.lookup(ev.targets["user_id"].to_numpy())
-    times = ev.targets["timestamp"].to_numpy().astype(np.int64)
-    target = ds.catalog.rows(ev.targets["item_id"].to_numpy())
+    rows = np.arange(ev.targets.height) if rows is None else np.asarray(rows, np.int64)
+    users = ds.user_index.lookup(ev.targets["user_id"].to_numpy()[rows])
+    times = ev.targets["timestamp"].to_numpy().astype(np.int64)[rows]
+    target = ds.catalog.rows(ev.targets["item_id"].to_numpy()[rows])
     if full_pool:
         pools = []
         for tgt, ts in zip(target, times):
@@ -308,7 +309,7 @@ def eval_candidates(ds: RetrievalDataset, split: str, full_pool: bool = False
         if width:
             negs[mask] = np.concatenate(pools)
     else:
-        raw, mask = ev.padded()
+        raw, mask = ev.padded(rows)
         negs = ds.catalog.rows(raw) * mask
     cands = np.concatenate([target[:, None], negs], axis=1)
     valid = np.concatenate([np.ones((times.size, 1), bool), mask], axis=1)

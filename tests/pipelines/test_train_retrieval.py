@@ -60,6 +60,19 @@ def test_fit_retriever_learns_and_restores_the_best_check(ds, trained) -> None:
     assert test["n"] == ds.eval_sets["test"].targets.height
 
 
+def test_evaluation_in_chunks_equals_one_pass(ds, trained) -> None:
+    """Chunking bounds the memory of the evaluation and changes no metric (GRank with its ranker, both pools)."""
+    n = ds.eval_sets["test"].targets.height
+    assert n > 8
+    whole = evaluate_retriever(trained.model, ds, "test", batch_size=4, chunk=n)
+    chunked = evaluate_retriever(trained.model, ds, "test", batch_size=4, chunk=8)
+    assert chunked.keys() == whole.keys() and "generator_recall@20" in whole and "recall@500" in whole
+    for k, v in whole.items():
+        assert chunked[k] == pytest.approx(v, abs=1e-12), k
+    with pytest.raises(ValueError, match="chunk"):
+        evaluate_retriever(trained.model, ds, "test", chunk=0)
+
+
 def test_training_lifts_ndcg_far_above_the_untrained_model(ds, trained) -> None:
     untrained = fit_retriever(ds, _cfg(max_steps=1, lr=1e-12))
     before = evaluate_retriever(untrained.model, ds, "test", full_pool=False)["ndcg@10"]
