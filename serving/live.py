@@ -30,6 +30,14 @@ class SyncStats:
     unindexed_rooms: int  # live rooms whose item has no vector in the retriever
 
 
+def _started_by(rooms: Sequence[LiveRoom], now: int) -> LiveRoom | None:
+    """The first room of ``rooms`` (latest start first) that had started by ``now``."""
+    for room in rooms:
+        if room.start <= now:
+            return room
+    return None
+
+
 class LiveCatalog:
     """Live rooms by item row and the MIPS index of those items (see the module docstring)."""
 
@@ -87,10 +95,7 @@ class LiveCatalog:
 
     def room_of(self, item_row: int, now: int) -> LiveRoom | None:
         """The item's most recently started room that had started by ``now``."""
-        for room in self._item_rooms.get(int(item_row), ()):
-            if room.start <= now:
-                return room
-        return None
+        return _started_by(self._item_rooms.get(int(item_row), ()), now)
 
     def search(self, user_vectors: np.ndarray, k: int, nows: list[int]
                ) -> list[tuple[np.ndarray, np.ndarray, list[LiveRoom]]]:
@@ -105,12 +110,10 @@ class LiveCatalog:
         for row_ids, row_scores, now in zip(ids, scores, nows):
             keep, rooms = [], []
             for j, item in enumerate(row_ids.tolist()):
-                # inline room_of: this loop runs k times per request
-                for room in item_rooms.get(item, ()):
-                    if room.start <= now:
-                        keep.append(j)
-                        rooms.append(room)
-                        break
+                room = _started_by(item_rooms.get(item, ()), now)
+                if room is not None:
+                    keep.append(j)
+                    rooms.append(room)
             out.append((row_ids[keep], row_scores[keep], rooms))
         return out
 
