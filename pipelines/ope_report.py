@@ -161,6 +161,7 @@ class OPEResults:
     propensity_range: tuple[float, float]
     n_boot: int
     seed: int
+    n_rewarded: int = 0  # logged decisions with a positive reward (e.g. an inserted room that was clicked)
     truth_sessions: int | None = None
     truth_seed: int | None = None
     wall_s: float = 0.0
@@ -169,7 +170,8 @@ class OPEResults:
         out: dict[str, float] = {"log.n_sessions": self.n_sessions, "log.n_decisions": self.n_decisions,
                                  "log.value": self.logging_value, "log.alloc_ratio": self.logging_alloc_ratio,
                                  "log.propensity_min": self.propensity_range[0],
-                                 "log.propensity_max": self.propensity_range[1], "ope.wall_s": self.wall_s}
+                                 "log.propensity_max": self.propensity_range[1], "log.n_rewarded": self.n_rewarded,
+                                 "ope.wall_s": self.wall_s}
         for p in self.policies.values():
             out.update(p.metrics())
         out.update({f"summary.{k}": v for k, v in summary_metrics(self).items()})
@@ -522,6 +524,7 @@ def evaluate_policies(
         logging_policy=logged.policy_name, logging_value=float(disc.mean()),
         logging_alloc_ratio=float(np.mean(logged.action)),
         propensity_range=(float(lg.mu.min()), float(lg.mu.max())), n_boot=n_boot, seed=seed,
+        n_rewarded=int(np.count_nonzero(logged.reward > 0)),
         truth_sessions=n_true_sessions if env is not None else None, truth_seed=truth_seed if env is not None else None,
         wall_s=time.perf_counter() - t0,
     )
@@ -561,6 +564,10 @@ def summary_metrics(res: OPEResults) -> dict[str, float]:
 def findings(res: OPEResults) -> list[str]:
     """Plain-language findings computed from the numbers: which estimators fail where, and why."""
     lines: list[str] = []
+    if res.n_rewarded == 0:
+        lines.append("No logged decision has a positive reward (for a service log: no inserted room was clicked "
+                     "within the reward window), so every reward-based estimate is 0 whatever the policy; "
+                     "the log is too short or too sparse to tell the policies apart.")
     for p in res.policies.values():
         if p.ess_fraction < ope.LOW_ESS_FRACTION:
             lines.append(f"`{p.key}`: ESS/n = {p.ess_fraction:.2%} of the sessions (< {ope.LOW_ESS_FRACTION:.0%}): the "
@@ -705,8 +712,8 @@ def _blocks(res: OPEResults, title: str) -> list[tuple]:
              "No environment given: no true values; only estimates and weight diagnostics.")
     b.append(("p", f"Decision log: {res.n_sessions:,} sessions, {res.n_decisions:,} decisions, logging policy "
                    f"`{res.logging_policy}` (allocation ratio {res.logging_alloc_ratio:.3f}, on-policy value "
-                   f"{res.logging_value:.3f}, propensities in [{res.propensity_range[0]:.3g}, "
-                   f"{res.propensity_range[1]:.3g}]). Discount gamma = {res.gamma:g}; 95 % percentile CIs from "
+                   f"{res.logging_value:.3f}, {res.n_rewarded:,} decisions with a positive reward, propensities in "
+                   f"[{res.propensity_range[0]:.3g}, {res.propensity_range[1]:.3g}]). Discount gamma = {res.gamma:g}; 95 % percentile CIs from "
                    f"{res.n_boot} bootstrap resamples of sessions (seed {res.seed}). {truth}"))
     b.append(("h", 2, "Findings"))
     b.append(("ul", findings(res)))

@@ -306,7 +306,11 @@ def _serving_stage(data_dir: Path, data, config: PlatformConfig, out: Path, mode
          f"p={example['allocation']['prob_insert']:.2f}")
     ope = run_ope(log_path, [models["policy"], "constant:0.3", "never"], config.tracking, out / "serving" / "ope",
                   data_dir=data_dir, n_boot=50, seed=seed, run_name="ope-service-log")
-    for name, pr in ope.results.policies.items():
+    res = ope.results
+    echo(f"    decision log: {res.n_decisions} decisions, {res.logging_alloc_ratio:.1%} inserted, "
+         f"{res.n_rewarded} inserted rooms clicked within 30 min (the rewards, from the click table)"
+         + ("; with no reward every estimate below is 0" if res.n_rewarded == 0 else ""))
+    for name, pr in res.policies.items():
         echo(f"    OPE on the service's decision log, {name}: SNIPS {pr.estimates['snips'].value:.3f}, "
              f"DR {pr.estimates['dr'].value:.3f} min/session")
         metrics[f"ope.{pr.key}.snips"] = pr.estimates["snips"].value

@@ -150,6 +150,20 @@ def test_findings_are_computed_from_the_numbers(results) -> None:
             assert "every estimator within" in line
 
 
+def test_a_log_without_rewards_says_so(logged: LoggedData, results) -> None:
+    from dataclasses import replace
+
+    from pipelines.ope_report import findings
+
+    assert results.n_rewarded == int((logged.reward > 0).sum()) > 0
+    assert results.metrics()["log.n_rewarded"] == results.n_rewarded
+    assert not any("positive reward" in x for x in findings(results))
+    silent = replace(logged, reward=np.zeros_like(logged.reward))
+    res = evaluate_policies(silent, {"c": constant(0.3)}, n_boot=5)
+    assert res.n_rewarded == 0 and res.policies["c"].estimates["snips"].value == 0.0
+    assert "No logged decision has a positive reward" in findings(res)[0]
+
+
 def test_run_replay_and_run_ope(tiny_dir: Path, tmp_path: Path) -> None:
     res = run_replay(tiny_dir, ["never", "constant:0.3"], n_sessions=300, seed=4, tracking=OFF,
                      out_dir=tmp_path / "replay", n_boot=10, n_true_sessions=500)
