@@ -713,8 +713,8 @@ def _blocks(res: OPEResults, title: str) -> list[tuple]:
     b.append(("p", f"Decision log: {res.n_sessions:,} sessions, {res.n_decisions:,} decisions, logging policy "
                    f"`{res.logging_policy}` (allocation ratio {res.logging_alloc_ratio:.3f}, on-policy value "
                    f"{res.logging_value:.3f}, {res.n_rewarded:,} decisions with a positive reward, propensities in "
-                   f"[{res.propensity_range[0]:.3g}, {res.propensity_range[1]:.3g}]). Discount gamma = {res.gamma:g}; 95 % percentile CIs from "
-                   f"{res.n_boot} bootstrap resamples of sessions (seed {res.seed}). {truth}"))
+                   f"[{res.propensity_range[0]:.3g}, {res.propensity_range[1]:.3g}]). Discount gamma = {res.gamma:g}; "
+                   f"95 % percentile CIs from {res.n_boot} bootstrap resamples of sessions (seed {res.seed}). {truth}"))
     b.append(("h", 2, "Findings"))
     b.append(("ul", findings(res)))
 

@@ -280,6 +280,7 @@ def train_allocator_job(data_dir: str | Path, cfg: AllocatorTrainConfig, trackin
         out = None
         if export_dir is not None:
             out = save_policy(policy, export_dir, meta={"policy": cfg.policy, "metrics": metrics,
-                                                        "feature_names": list(logged.feature_names)})
+                                                        "feature_names": list(logged.feature_names),
+                                                        "alloc_target": cfg.alloc_target})
             tr.log_artifact(out, "policy")
         return AllocatorJobResult(policy=policy, metrics=metrics, export_dir=out, run_id=tr.run_id)

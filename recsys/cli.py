@@ -570,7 +570,8 @@ def serve_config(args: argparse.Namespace, cfg: PlatformConfig) -> Any:
               "mips_backend": args.mips, "device": args.device, "decision_log": args.decision_log,
               "admin_token": args.admin_token or os.environ.get("RECSYS_ADMIN_TOKEN") or None,
               "warm_data": args.warm_data, "torch_threads": args.threads, "max_batch": args.max_batch,
-              "batch_wait_ms": args.batch_wait_ms,
+              "batch_wait_ms": args.batch_wait_ms, "alloc_target": args.alloc_target,
+              "alloc_pacing": not args.no_alloc_pacing,
               "warm_until": _time_ms(args.warm_until, "--warm-until") if args.warm_until else None}
     try:
         return ServeConfig(**values)
@@ -617,6 +618,9 @@ def _add_serve_parser(sub: Any) -> None:
     sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     sv.add_argument("--max-batch", type=int, default=64, help="most concurrent requests served by one pipeline run")
     sv.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a batch waits for more requests")
+    sv.add_argument("--alloc-target", type=float, help="insertion ratio the exposure pacer holds (default: the "
+                    "target stored with the policy export)")
+    sv.add_argument("--no-alloc-pacing", action="store_true", help="serve the policy's probabilities unpaced")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

@@ -70,6 +70,12 @@ def resolve_export(ref: str, kind: str, tracking_uri: str) -> tuple[Path, str]:
     return found[0], label
 
 
+def _policy_target(directory: Path) -> float | None:
+    """The allocation-ratio budget the policy was trained for (its export's meta), or None."""
+    target = read_checked(directory, "allocation policy", POLICY_FILES, POLICY_FORMAT)[1].get("alloc_target")
+    return float(target) if target is not None else None
+
+
 def _policy_features(directory: Path) -> tuple[str, ...]:
     """The state layout the policy was trained on (its export's meta; the environment's default for older exports);
     ValueError when it is not an environment layout."""
@@ -93,6 +99,7 @@ class ServingBundle:
     refs: dict[str, str | None]
     device: torch.device
     group_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # activity-group thresholds on u_clicks
+    policy_target: float | None = None  # the allocation ratio the policy was trained for
 
     @property
     def n_groups(self) -> int:
@@ -127,12 +134,12 @@ def load_bundle(refs: dict[str, str | None], tracking_uri: str, device: str = "a
             ranking = RankingEncoder(ranker)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"ranker {refs['ranker']!r}: {exc}") from exc
-    policy, policy_name, names = None, "never", feature_names(FeedEnvConfig().n_groups)
+    policy, policy_name, names, target = None, "never", feature_names(FeedEnvConfig().n_groups), None
     if refs.get("policy"):
         path, versions["policy"] = resolve_export(str(refs["policy"]), "policy", tracking_uri)
         try:
             policy = load_policy(path)
-            names = _policy_features(path)
+            names, target = _policy_features(path), _policy_target(path)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"policy {refs['policy']!r}: {exc}") from exc
         policy_name = str(getattr(policy, "name", "") or type(policy).__name__)
@@ -145,7 +152,7 @@ def load_bundle(refs: dict[str, str | None], tracking_uri: str, device: str = "a
         edges = np.quantile(clicks, np.arange(1, n_groups) / n_groups) if clicks.size else edges
     return ServingBundle(retriever=retriever, retrieval=RetrievalEncoder(retriever), catalog=catalog, ranker=ranker,
                          ranking=ranking, policy=policy, policy_name=policy_name, feature_names=tuple(names),
-                         versions=versions, refs=dict(refs), device=dev, group_edges=edges)
+                         versions=versions, refs=dict(refs), device=dev, group_edges=edges, policy_target=target)
 
 
 __all__ = ["MARKERS", "ModelLoadError", "ServingBundle", "load_bundle", "resolve_device", "resolve_export"]

@@ -44,6 +44,10 @@ class ServeConfig(BaseModel):
     warm_data: Path | None = None
     warm_until: int | None = None
     seed: int = 0
+    #: exposure pacing (:mod:`serving.pacing`): hold the insertion ratio at the policy's allocation target
+    alloc_pacing: bool = True
+    alloc_target: float | None = Field(None, gt=0, lt=1, description="ratio the pacer holds; None: the target "
+                                       "stored with the policy export (no pacing when it has none)")
 
     @model_validator(mode="after")
     def _check(self) -> "ServeConfig":

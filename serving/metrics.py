@@ -31,6 +31,8 @@ class ServingMetrics:
         self.batch_size = Histogram("recsys_batch_size", "Requests served together by one pipeline run",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.decisions = Counter("recsys_decisions_total", "Allocation decisions", ["action"], registry=r)
+        self.pacing_offset = Gauge("recsys_pacing_offset", "Logit offset the exposure pacer adds to the policy",
+                                   registry=r)
 
 
 __all__ = ["STAGES", "ServingMetrics"]

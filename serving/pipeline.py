@@ -7,8 +7,9 @@ Stages (each timed into ``recsys_stage_seconds``):
 3. ``prerank``: the GRank cross-attention ranker rescores them (with the streamers' day clicks from the store) and
    keeps ``k2`` (generator order for a retriever without a ranker).
 4. ``rank``: the multi-task ranker scores the ``k2`` rooms; the final order is by P(click).
-5. ``allocate``: the policy's P(insert the top room) on the environment's state features, an action drawn with a
-   per-request seed, its propensity.
+5. ``allocate``: the policy's P(insert the top room) on the environment's state features, shifted by the exposure
+   pacer (:mod:`serving.pacing`) so that the insertion ratio holds the policy's allocation target, an action drawn
+   with a per-request seed, its propensity.
 6. ``log``: the decision record to the decision log.
 
 When the store is unavailable the request is served by the popularity fallback: live rooms by recent entries at the
@@ -35,6 +36,7 @@ from serving.bundle import ServingBundle
 from serving.config import ServeConfig
 from serving.features import allocation_features, concat_features, stack_queries
 from serving.metrics import ServingMetrics
+from serving.pacing import InsertionPacer
 from serving.schemas import Allocation, RankedRoom, RecommendRequest, RecommendResponse
 from serving.store_reader import StoreReader, UserState
 
@@ -87,10 +89,19 @@ class Recommender:
         self.reader = reader
         self.metrics = metrics
         self.sink = sink
+        self.pacer = self._new_pacer(bundle)
 
     def swap(self, bundle: ServingBundle) -> ServingBundle:
+        """Serve ``bundle`` from now on (a new policy starts a new pacer); returns the previous bundle."""
+        self.pacer = self._new_pacer(bundle)
         old, self.bundle = self.bundle, bundle
         return old
+
+    def _new_pacer(self, bundle: ServingBundle) -> InsertionPacer | None:
+        target = self.cfg.alloc_target if self.cfg.alloc_target is not None else bundle.policy_target
+        if not self.cfg.alloc_pacing or target is None or bundle.policy is None:
+            return None
+        return InsertionPacer(target)
 
     def default_time(self, bundle: ServingBundle) -> int:
         """The stream's event time: the latest room start in the live set (wall clock when nothing is live)."""
@@ -145,7 +156,7 @@ class Recommender:
             if j.entries is not None:
                 j.entries = j.entries[order]
 
-    def _allocate(self, b: ServingBundle, jobs: list[_Job]) -> None:
+    def _allocate(self, b: ServingBundle, jobs: list[_Job], pacer: InsertionPacer | None) -> None:
         """The allocator's state for every request, one policy call, an action drawn per request."""
         xs = []
         for j in jobs:
@@ -163,6 +174,9 @@ class Recommender:
         x = np.vstack(xs)
         decide = [i for i, j in enumerate(jobs) if j.rooms and not j.fallback and b.policy is not None]
         probs = np.clip(b.policy(x[decide]), 0.0, 1.0) if decide else np.zeros(0)
+        if pacer is not None and decide:
+            probs = pacer.adjust(probs)
+            self.metrics.pacing_offset.set(pacer.update(probs))
         prob_of = dict(zip(decide, probs.tolist()))
         for i, j in enumerate(jobs):
             j.x = x[i]
@@ -180,7 +194,7 @@ class Recommender:
     @torch.no_grad()
     def recommend_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse]:
         """Serve a batch of requests together (one bundle; the model stages run once over all of them)."""
-        b = self.bundle  # one bundle for the whole batch (a reload swaps the reference)
+        b, pacer = self.bundle, self.pacer  # one bundle for the whole batch (a reload swaps the reference)
         start = time.perf_counter()
         timer = _Timer(self.metrics)
         jobs = []
@@ -205,7 +219,7 @@ class Recommender:
             timer.lap("prerank")
             self._rank(b, served)
             timer.lap("rank")
-        self._allocate(b, jobs)
+        self._allocate(b, jobs, pacer)
         timer.lap("allocate")
         responses = [self._respond(b, j, timer.ms) for j in jobs]
         timer.lap("log")

@@ -422,6 +422,7 @@ def test_serve_rejects_a_missing_export_directory(tmp_path: Path, capsys: pytest
     (["--k1", "0"], "--k1"),
     (["--warm-until", "yesterday"], "--warm-until"),
     (["--max-batch", "0"], "--max-batch"),
+    (["--alloc-target", "1.5"], "--alloc-target"),
 ])
 def test_serve_names_the_bad_flag(tmp_path: Path, argv: list[str], needle: str,
                                   capsys: pytest.CaptureFixture[str]) -> None:

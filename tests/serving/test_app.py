@@ -154,6 +154,37 @@ def test_every_decision_is_logged_with_its_propensity(client: TestClient, serve_
         assert rec.propensity == pytest.approx(rec.prob_insert if rec.action else 1 - rec.prob_insert)
 
 
+def test_the_pacer_holds_the_policy_target_and_a_reload_restarts_it(serve_config) -> None:
+    """The pacer takes its target from the policy export (trained for 0.3), or from the config; it moves the served
+    insert probabilities toward it and shows its offset in /metrics; ``alloc_pacing=False`` serves them unpaced."""
+    from serving.schemas import RecommendRequest
+
+    def served(cfg) -> tuple[object, list[float], str]:
+        with TestClient(create_app(cfg)) as c:
+            assert wait_ready(c)["_status"] == 200
+            rec = c.app.state.service.recommender
+            probs = [r.allocation.prob_insert for _ in range(30) for r in rec.recommend_batch(
+                [RecommendRequest(user_id=u, time_ms=SERVE_TIME, k=5) for u in range(1, 21)])]
+            return rec.pacer, probs, c.get("/metrics").text
+
+    cfg = serve_config.model_copy(update={"decision_log": None})
+    pacer, unpaced, _ = served(cfg.model_copy(update={"alloc_pacing": False}))
+    assert pacer is None
+    for target in (0.05, 0.9):
+        pacer, probs, metrics = served(cfg.model_copy(update={"alloc_target": target}))
+        assert pacer.target == target and pacer.offset != 0.0
+        assert abs(sum(probs[-100:]) / 100 - target) < 0.1, (target, sum(unpaced) / len(unpaced))
+        gauge = next(line for line in metrics.splitlines() if line.startswith("recsys_pacing_offset "))
+        assert float(gauge.split()[1]) == pytest.approx(pacer.offset)
+    with TestClient(create_app(cfg)) as c:
+        assert wait_ready(c)["_status"] == 200
+        rec = c.app.state.service.recommender
+        assert rec.pacer.target == pytest.approx(0.3)  # the export's allocation target
+        rec.pacer.update([0.0] * 50)
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert rec.pacer.offset == 0.0  # a reloaded policy starts a new pacer
+
+
 def test_reload_is_disabled_without_a_token(serve_config) -> None:
     cfg = serve_config.model_copy(update={"admin_token": None, "decision_log": None})
     with TestClient(create_app(cfg)) as c:
