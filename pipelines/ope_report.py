@@ -56,6 +56,8 @@ ESTIMATORS: tuple[str, ...] = ("ips", "snips", "ncis", "dr", "fqe")
 REL_ERROR_TOL = 0.05
 """A relative error above this (5 %) counts as a failure of the estimator in the report."""
 NCIS_CAPS: tuple[float, ...] = (5.0, 10.0, 20.0)
+FQE_BLOWUP_NORM = 1e6
+"""A linear FQE parameter vector with a larger norm has diverged: FQE, and DR that uses its Q-function, are flagged."""
 FQE_ITERATIONS = 200
 FQE_RIDGE = 1.0
 PLOTS = ("value_vs_alloc.png", "ci_per_estimator.png", "ess.png")
@@ -310,11 +312,13 @@ class _Target:
         # cross-fitted Q for DR: each half of the sessions gets the Q fitted on the other half
         self.q_logged = np.zeros(lg.r.size)
         self.v_hat = np.zeros(lg.r.size)
+        self.theta_cross_norm = 0.0  # the larger norm of the two cross-fitted FQE parameter vectors
         for k in (0, 1):
             train = (lg.fold != k).astype(np.float64)
             if not train.any():
                 train = np.ones(lg.r.size)
             theta = self.theta(*lg.fqe_normal(train), train)
+            self.theta_cross_norm = max(self.theta_cross_norm, float(np.linalg.norm(theta)))
             rows = lg.fold == k
             self.q_logged[rows] = lg.phi_sa[rows] @ theta
             self.v_hat[rows] = self.phi_pi[rows] @ theta
@@ -503,8 +507,10 @@ def evaluate_policies(
                                 max_weight=ws.max if weighted else None)
             if name == "ncis":
                 e.note = f"cap {ope.DEFAULT_NCIS_CAP:g}, {capped:.1%} of rows capped"
-            if name == "fqe" and not theta_norm < 1e6:
+            if name == "fqe" and not theta_norm < FQE_BLOWUP_NORM:
                 e.note = "FQE parameters blew up (linear FQE diverges off-policy)"
+            if name == "dr" and not tgt.theta_cross_norm < FQE_BLOWUP_NORM:
+                e.note = "its cross-fitted FQE Q-function blew up (linear FQE diverges off-policy)"
             if truth is not None:
                 e.true_value = truth.value
                 e.rel_error = _rel_error(e.value, truth.value)

@@ -311,8 +311,10 @@ def _serving_stage(data_dir: Path, data, config: PlatformConfig, out: Path, mode
          f"{res.n_rewarded} inserted rooms clicked within 30 min (the rewards, from the click table)"
          + ("; with no reward every estimate below is 0" if res.n_rewarded == 0 else ""))
     for name, pr in res.policies.items():
+        dr = pr.estimates["dr"]
+        dr_text = f"DR {dr.value:.3f}" if not (dr.note and "blew up" in dr.note) else f"DR n/a ({dr.note})"
         echo(f"    OPE on the service's decision log, {name}: SNIPS {pr.estimates['snips'].value:.3f}, "
-             f"DR {pr.estimates['dr'].value:.3f} min/session")
+             f"{dr_text} min/session")
         metrics[f"ope.{pr.key}.snips"] = pr.estimates["snips"].value
     curl = curl_line(port, body)
     start = "recsys " + shlex.join(cmd[3:])  # cmd = [python, -m, recsys.cli, serve, ...]

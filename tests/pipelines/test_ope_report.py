@@ -164,6 +164,21 @@ def test_a_log_without_rewards_says_so(logged: LoggedData, results) -> None:
     assert "No logged decision has a positive reward" in findings(res)[0]
 
 
+def test_a_diverged_fqe_flags_dr_too(logged: LoggedData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DR's control variate is the cross-fitted FQE Q-function: when that diverges, DR is flagged with FQE."""
+    from pipelines import ope_report
+    from pipelines.ope_report import findings
+
+    res = evaluate_policies(logged, {"c": constant(0.3)}, n_boot=5)
+    assert not any("blew up" in (e.note or "") for e in res.policies["c"].estimates.values())
+    monkeypatch.setattr(ope_report, "FQE_BLOWUP_NORM", 0.0)  # every fitted parameter vector counts as diverged
+    res = evaluate_policies(logged, {"c": constant(0.3)}, n_boot=5)
+    est = res.policies["c"].estimates
+    assert "blew up" in est["fqe"].note and "cross-fitted FQE Q-function blew up" in est["dr"].note
+    line = next(x for x in findings(res) if x.startswith("`c`:"))
+    assert "dr (its cross-fitted" in line and "fqe (FQE parameters blew up" in line
+
+
 def test_run_replay_and_run_ope(tiny_dir: Path, tmp_path: Path) -> None:
     res = run_replay(tiny_dir, ["never", "constant:0.3"], n_sessions=300, seed=4, tracking=OFF,
                      out_dir=tmp_path / "replay", n_boot=10, n_true_sessions=500)
