@@ -70,19 +70,15 @@ def resolve_export(ref: str, kind: str, tracking_uri: str) -> tuple[Path, str]:
     return found[0], label
 
 
-def _policy_target(directory: Path) -> float | None:
-    """The allocation-ratio budget the policy was trained for (its export's meta), or None."""
-    target = read_checked(directory, "allocation policy", POLICY_FILES, POLICY_FORMAT)[1].get("alloc_target")
-    return float(target) if target is not None else None
-
-
-def _policy_features(directory: Path) -> tuple[str, ...]:
-    """The state layout the policy was trained on (its export's meta; the environment's default for older exports);
-    ValueError when it is not an environment layout."""
+def _policy_meta(directory: Path) -> tuple[tuple[str, ...], float | None]:
+    """(the state layout the policy was trained on, the allocation ratio it was trained for) from its export's meta;
+    the environment's default layout and no target for older exports. ValueError when the layout is not an
+    environment layout."""
     meta = read_checked(directory, "allocation policy", POLICY_FILES, POLICY_FORMAT)[1]
     names = tuple(meta.get("feature_names") or feature_names(FeedEnvConfig().n_groups))
     n_groups_of(names)
-    return names
+    target = meta.get("alloc_target")
+    return names, float(target) if target is not None else None
 
 
 @dataclass
@@ -139,7 +135,7 @@ def load_bundle(refs: dict[str, str | None], tracking_uri: str, device: str = "a
         path, versions["policy"] = resolve_export(str(refs["policy"]), "policy", tracking_uri)
         try:
             policy = load_policy(path)
-            names, target = _policy_features(path), _policy_target(path)
+            names, target = _policy_meta(path)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"policy {refs['policy']!r}: {exc}") from exc
         policy_name = str(getattr(policy, "name", "") or type(policy).__name__)
