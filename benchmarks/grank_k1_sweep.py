@@ -2,9 +2,11 @@
 cross-attention ranker rescores), from one trained model.
 
 The ranker scores each candidate on its own, so the scores of the generator's top ``max(k1s)`` give every smaller
-k1 in one pass. Trains GRank (streamer granularity) with the given budget, then scores the test split: the protocol's
-10,000 live-at-t negatives (Recall/NDCG@5/10/20) and every item live at t (@50/500). Writes flat JSON keys
-``k1_<K>.<metric>``.
+k1 in one pass. Trains GRank (streamer granularity) with the given budget (or loads ``--weights``), then scores the
+test split: the protocol's 10,000 live-at-t negatives (Recall/NDCG@5/10/20) and every item live at t (@50/500).
+Writes flat JSON keys ``k1_<K>.<metric>``; with ``--fusion A ...`` also ``fusion_<A>.<metric>``: the generator's top
+``max(k1)`` ordered by ``A * z(ranker) + (1 - A) * z(generator)`` (scores standardised per request over that top),
+placed above the rest.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/grank_k1_sweep.py --data /tmp/full --out k1.json --threads 2 \\
         --max-steps 600 --eval-every 0
@@ -21,18 +23,21 @@ import numpy as np
 import torch
 
 from models.retrieval.grank import GRank
-from models.retrieval.inputs import QueryBatch
-from pipelines.train_retrieval import EVAL_CHUNK, RetrievalTrainConfig, _ranks, candidate_popularity, fit_retriever
+from models.retrieval.inputs import QueryBatch, catalog_tensors
+from models.retrieval.registry import build_retriever
+from pipelines.train_retrieval import (EVAL_CHUNK, RetrievalTrainConfig, _ranks, candidate_popularity, catalog_sizes,
+                                       fit_retriever, retriever_config)
 from recsys.data.loaders import load_kuailive
 from recsys.data.retrieval import RetrievalDataset, build_retrieval_dataset, eval_candidates
 from recsys.metrics import topk_metrics
 
 
 @torch.no_grad()
-def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], users: np.ndarray, times: np.ndarray,
-                cands: np.ndarray, valid: np.ndarray, batch: int = 128) -> dict[int, np.ndarray]:
-    """``{k1: 1-based rank of the target (column 0)}`` for every k1, from one ranker pass over the top ``max(k1s)``."""
-    out: dict[int, list[np.ndarray]] = {k: [] for k in k1s}
+def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], fusion: list[float], users: np.ndarray,
+                times: np.ndarray, cands: np.ndarray, valid: np.ndarray, batch: int = 128) -> dict[str, np.ndarray]:
+    """``{"k1_<K>" | "fusion_<A>": 1-based rank of the target (column 0)}``, from one ranker pass over the generator's
+    top ``max(k1s)``."""
+    out: dict[str, list[np.ndarray]] = {f"k1_{k}": [] for k in k1s} | {f"fusion_{a:g}": [] for a in fusion}
     for i in range(0, users.size, batch):
         sl = slice(i, i + batch)
         q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]))
@@ -44,8 +49,24 @@ def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], users: np.nd
         pop = torch.as_tensor(candidate_popularity(ds, sub.numpy(), times[sl]))
         rs = model.rank(q, u, sub, cand_pop=pop).double()
         for k in k1s:
-            out[k].append(_ranks(GRank.place_ranked(gen, v, top[:, :k], rs[:, :k]).numpy(), valid[sl]))
+            out[f"k1_{k}"].append(_ranks(GRank.place_ranked(gen, v, top[:, :k], rs[:, :k]).numpy(), valid[sl]))
+        if fusion:
+            g = gen.gather(1, top)
+            zr, zg = (_standardise(x, v.gather(1, top)) for x in (rs, g))
+            for a in fusion:
+                fused = GRank.place_ranked(gen, v, top, a * zr + (1 - a) * zg)
+                out[f"fusion_{a:g}"].append(_ranks(fused.numpy(), valid[sl]))
     return {k: np.concatenate(r) for k, r in out.items()}
+
+
+def _standardise(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-row z-scores of ``x [B, K]`` over its valid entries (invalid entries are left to ``place_ranked``)."""
+    w = valid.double()
+    n = w.sum(1, keepdim=True).clamp_min(1)
+    xv = torch.where(valid, x, torch.zeros_like(x))
+    mean = xv.sum(1, keepdim=True) / n
+    sd = (((xv - mean) * w) ** 2).sum(1, keepdim=True).div(n).sqrt().clamp_min(1e-9)
+    return (x - mean) / sd
 
 
 def main() -> None:
@@ -57,6 +78,9 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", help="a GRank state_dict to evaluate instead of training one")
+    ap.add_argument("--save", help="write the trained model's state_dict here")
+    ap.add_argument("--fusion", type=float, nargs="*", default=[], help="ranker weights A of the score fusion")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     res: dict[str, float] = {}
@@ -66,22 +90,30 @@ def main() -> None:
     cfg = RetrievalTrainConfig(model="grank", granularity="streamer", epochs=1, batch_size=256, seed=args.seed,
                                max_steps=args.max_steps, eval_every=args.eval_every, patience=2)
     t0 = time.perf_counter()
-    fit = fit_retriever(ds, cfg)
-    res.update({"fit_s": time.perf_counter() - t0, **fit.metrics})
-    model = fit.model.eval()
+    if args.weights:
+        model = build_retriever(catalog_sizes(ds), retriever_config(ds, cfg), catalog_tensors(ds.catalog))
+        model.load_state_dict(torch.load(args.weights, weights_only=True))
+    else:
+        fit = fit_retriever(ds, cfg)
+        res.update({"fit_s": time.perf_counter() - t0, **fit.metrics})
+        model = fit.model
+        if args.save:
+            torch.save(model.state_dict(), args.save)
+    model.eval()
     k1s = sorted(args.k1)
     n = ds.eval_sets["test"].targets.height
-    ranks: dict[bool, dict[int, list[np.ndarray]]] = {pool: {k: [] for k in k1s} for pool in (False, True)}
+    ranks: dict[bool, dict[str, list[np.ndarray]]] = {False: {}, True: {}}
     t0 = time.perf_counter()
     for lo in range(0, n, EVAL_CHUNK):
         rows = np.arange(lo, min(lo + EVAL_CHUNK, n))
         for pool in (False, True):
-            for k, r in sweep_ranks(model, ds, k1s, *eval_candidates(ds, "test", full_pool=pool, rows=rows)).items():
-                ranks[pool][k].append(r)
-    for k in k1s:
-        m = {**topk_metrics(np.concatenate(ranks[False][k]), (5, 10, 20)),
-             **topk_metrics(np.concatenate(ranks[True][k]), (50, 500))}
-        res.update({f"k1_{k}.{name}": v for name, v in m.items()})
+            found = sweep_ranks(model, ds, k1s, args.fusion, *eval_candidates(ds, "test", full_pool=pool, rows=rows))
+            for key, r in found.items():
+                ranks[pool].setdefault(key, []).append(r)
+    for key in ranks[False]:
+        m = {**topk_metrics(np.concatenate(ranks[False][key]), (5, 10, 20)),
+             **topk_metrics(np.concatenate(ranks[True][key]), (50, 500))}
+        res.update({f"{key}.{name}": v for name, v in m.items()})
     res.update({"eval_s": time.perf_counter() - t0, "test_targets": float(n)})
     Path(args.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
