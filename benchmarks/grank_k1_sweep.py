@@ -25,8 +25,15 @@ import torch
 from models.retrieval.grank import GRank
 from models.retrieval.inputs import QueryBatch, catalog_tensors
 from models.retrieval.registry import build_retriever
-from pipelines.train_retrieval import (EVAL_CHUNK, RetrievalTrainConfig, _ranks, candidate_popularity, catalog_sizes,
-                                       fit_retriever, retriever_config)
+from pipelines.train_retrieval import (
+    EVAL_CHUNK,
+    RetrievalTrainConfig,
+    _ranks,
+    candidate_popularity,
+    catalog_sizes,
+    fit_retriever,
+    retriever_config,
+)
 from recsys.data.loaders import load_kuailive
 from recsys.data.retrieval import RetrievalDataset, build_retrieval_dataset, eval_candidates
 from recsys.metrics import topk_metrics
