@@ -94,6 +94,7 @@ class EstimatorResult:
     rel_error: float | None = None
     covered: bool | None = None  # the true value lies in the CI
     failed_boot: float = 0.0  # share of bootstrap replicates where the estimate was undefined
+    diverged: bool = False  # the linear FQE it rests on diverged (FQE itself, and DR through its Q-function)
     note: str = ""
 
     @property
@@ -508,9 +509,9 @@ def evaluate_policies(
             if name == "ncis":
                 e.note = f"cap {ope.DEFAULT_NCIS_CAP:g}, {capped:.1%} of rows capped"
             if name == "fqe" and not theta_norm < FQE_BLOWUP_NORM:
-                e.note = "FQE parameters blew up (linear FQE diverges off-policy)"
+                e.diverged, e.note = True, "FQE parameters blew up (linear FQE diverges off-policy)"
             if name == "dr" and not tgt.theta_cross_norm < FQE_BLOWUP_NORM:
-                e.note = "its cross-fitted FQE Q-function blew up (linear FQE diverges off-policy)"
+                e.diverged, e.note = True, "its cross-fitted FQE Q-function blew up (linear FQE diverges off-policy)"
             if truth is not None:
                 e.true_value = truth.value
                 e.rel_error = _rel_error(e.value, truth.value)
@@ -590,7 +591,7 @@ def findings(res: OPEResults) -> list[str]:
                 why.append("95 % CI misses the truth")
             if e.failed_boot > 0:
                 why.append(f"undefined in {e.failed_boot:.0%} of bootstrap replicates")
-            if e.note and "blew up" in e.note:
+            if e.diverged:
                 why.append(e.note)
             if why:
                 bad.append(f"{e.estimator} ({', '.join(why)})")

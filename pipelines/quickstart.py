@@ -312,7 +312,7 @@ def _serving_stage(data_dir: Path, data, config: PlatformConfig, out: Path, mode
          + ("; with no reward every estimate below is 0" if res.n_rewarded == 0 else ""))
     for name, pr in res.policies.items():
         dr = pr.estimates["dr"]
-        dr_text = f"DR {dr.value:.3f}" if not (dr.note and "blew up" in dr.note) else f"DR n/a ({dr.note})"
+        dr_text = f"DR n/a ({dr.note})" if dr.diverged else f"DR {dr.value:.3f}"
         echo(f"    OPE on the service's decision log, {name}: SNIPS {pr.estimates['snips'].value:.3f}, "
              f"{dr_text} min/session")
         metrics[f"ope.{pr.key}.snips"] = pr.estimates["snips"].value

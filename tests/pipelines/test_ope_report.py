@@ -170,11 +170,12 @@ def test_a_diverged_fqe_flags_dr_too(logged: LoggedData, monkeypatch: pytest.Mon
     from pipelines.ope_report import findings
 
     res = evaluate_policies(logged, {"c": constant(0.3)}, n_boot=5)
-    assert not any("blew up" in (e.note or "") for e in res.policies["c"].estimates.values())
+    assert not any(e.diverged or "blew up" in e.note for e in res.policies["c"].estimates.values())
     monkeypatch.setattr(ope_report, "FQE_BLOWUP_NORM", 0.0)  # every fitted parameter vector counts as diverged
     res = evaluate_policies(logged, {"c": constant(0.3)}, n_boot=5)
     est = res.policies["c"].estimates
     assert "blew up" in est["fqe"].note and "cross-fitted FQE Q-function blew up" in est["dr"].note
+    assert est["fqe"].diverged and est["dr"].diverged and not est["snips"].diverged
     line = next(x for x in findings(res) if x.startswith("`c`:"))
     assert "dr (its cross-fitted" in line and "fqe (FQE parameters blew up" in line
 
