@@ -269,6 +269,7 @@ def _serving_stage(data_dir: Path, data, config: PlatformConfig, out: Path, mode
     from pipelines.ope_report import run_ope
     from pipelines.serve_job import busy_time, curl_line, post_json, serve_command
     from pipelines.serve_replay import logged_requests, replay
+    from recsys.feed.decision_log import REWARD_WINDOW_MS
 
     until = busy_time()
     n = QUICKSTART_SERVE_REQUESTS[scale]
@@ -308,7 +309,8 @@ def _serving_stage(data_dir: Path, data, config: PlatformConfig, out: Path, mode
                   data_dir=data_dir, n_boot=50, seed=seed, run_name="ope-service-log")
     res = ope.results
     echo(f"    decision log: {res.n_decisions} decisions, {res.logging_alloc_ratio:.1%} inserted, "
-         f"{res.n_rewarded} inserted rooms clicked within 30 min (the rewards, from the click table)"
+         f"{res.n_rewarded} inserted rooms clicked within {REWARD_WINDOW_MS // 60_000} min (the rewards, from the "
+         "click table)"
          + ("; with no reward every estimate below is 0" if res.n_rewarded == 0 else ""))
     for name, pr in res.policies.items():
         dr = pr.estimates["dr"]

@@ -54,6 +54,7 @@ __all__ = [
     "JsonlDecisionSink",
     "KafkaDecisionSink",
     "NullDecisionSink",
+    "REWARD_WINDOW_MS",
     "join_outcomes",
     "open_sink",
     "parse_kafka_spec",
@@ -64,6 +65,7 @@ __all__ = [
 DEFAULT_TOPIC = "decisions"
 KAFKA_SCHEME = "kafka://"
 PROPENSITY_TOL = 1e-6
+REWARD_WINDOW_MS = 30 * 60_000  # a click on the inserted room within this long after the decision is its reward
 """Largest allowed gap between ``propensity`` and the probability of the logged action implied by ``prob_insert``."""
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -504,7 +506,7 @@ def _credited_clicks(rows: pl.DataFrame, clicks: pl.DataFrame, window_ms: int) -
             .agg(pl.col("watch_live_time").first()))
 
 
-def join_outcomes(records: Sequence[DecisionRecord], clicks: pl.DataFrame, reward_window_ms: int = 30 * 60_000,
+def join_outcomes(records: Sequence[DecisionRecord], clicks: pl.DataFrame, reward_window_ms: int = REWARD_WINDOW_MS,
                   gamma: float = 0.95) -> LoggedData:
     """Join service decisions with the click log into a :class:`LoggedData` for :mod:`recsys.ope`.
 
