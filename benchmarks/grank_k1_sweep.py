@@ -2,7 +2,7 @@
 cross-attention ranker rescores), from one trained model.
 
 The ranker scores each candidate on its own, so the scores of the generator's top ``max(k1s)`` give every smaller
-k1 in one pass. Trains GRank (streamer granularity) with the given budget (or loads ``--weights``), then scores the
+k1 in one pass. Trains GRank (``--granularity``, streamer by default) with the given budget (or loads ``--weights``), then scores the
 test split: the protocol's 10,000 live-at-t negatives (Recall/NDCG@5/10/20) and every item live at t (@50/500).
 Writes flat JSON keys ``k1_<K>.<metric>``; with ``--fusion A ...`` also ``fusion_<A>.<metric>``: the generator's top
 ``max(k1)`` ordered by ``A * z(ranker) + (1 - A) * z(generator)`` (scores standardised per request over that top),
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.retrieval.grank import GRank
+from models.retrieval.grank import GRank, fuse_scores
 from models.retrieval.inputs import QueryBatch, catalog_tensors
 from models.retrieval.registry import build_retriever
 from pipelines.train_retrieval import (
@@ -58,28 +58,18 @@ def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], fusion: list
         for k in k1s:
             out[f"k1_{k}"].append(_ranks(GRank.place_ranked(gen, v, top[:, :k], rs[:, :k]).numpy(), valid[sl]))
         if fusion:
-            g = gen.gather(1, top)
-            zr, zg = (_standardise(x, v.gather(1, top)) for x in (rs, g))
+            g, vt = gen.gather(1, top), v.gather(1, top)
             for a in fusion:
-                fused = GRank.place_ranked(gen, v, top, a * zr + (1 - a) * zg)
+                fused = GRank.place_ranked(gen, v, top, fuse_scores(rs, g, vt, a))
                 out[f"fusion_{a:g}"].append(_ranks(fused.numpy(), valid[sl]))
     return {k: np.concatenate(r) for k, r in out.items()}
-
-
-def _standardise(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-row z-scores of ``x [B, K]`` over its valid entries (invalid entries are left to ``place_ranked``)."""
-    w = valid.double()
-    n = w.sum(1, keepdim=True).clamp_min(1)
-    xv = torch.where(valid, x, torch.zeros_like(x))
-    mean = xv.sum(1, keepdim=True) / n
-    sd = (((xv - mean) * w) ** 2).sum(1, keepdim=True).div(n).sqrt().clamp_min(1e-9)
-    return (x - mean) / sd
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="KuaiLive-format directory (e.g. recsys data synth --scale full)")
     ap.add_argument("--out", required=True, help="JSON result file")
+    ap.add_argument("--granularity", choices=("streamer", "room"), default="streamer")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--k1", type=int, nargs="+", default=[200, 500, 1000, 2000])
     ap.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
@@ -92,9 +82,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     res: dict[str, float] = {}
     t0 = time.perf_counter()
-    ds = build_retrieval_dataset(load_kuailive(args.data), "streamer")
+    ds = build_retrieval_dataset(load_kuailive(args.data), args.granularity)
     res["dataset_s"] = time.perf_counter() - t0
-    cfg = RetrievalTrainConfig(model="grank", granularity="streamer", epochs=1, batch_size=256, seed=args.seed,
+    cfg = RetrievalTrainConfig(model="grank", granularity=args.granularity, epochs=1, batch_size=256, seed=args.seed,
                                max_steps=args.max_steps, eval_every=args.eval_every, patience=2)
     t0 = time.perf_counter()
     if args.weights:

@@ -124,14 +124,19 @@ class Recommender:
         if isinstance(model, GRank) and model.ranker is not None and width:
             cand = np.zeros((len(jobs), width), np.int64)
             pop = np.zeros((len(jobs), width), np.float32)
+            gen = np.zeros((len(jobs), width), np.float32)
+            valid = np.zeros((len(jobs), width), bool)
             for i, j in enumerate(jobs):
                 n = len(j.rooms)
-                cand[i, :n] = j.rows
+                cand[i, :n], gen[i, :n], valid[i, :n] = j.rows, j.scores, True
                 clicks = self.reader.streamer_day_clicks([r.streamer_id for r in j.rooms], j.now) if n else None
                 if clicks is not None:
                     pop[i, :n] = np.log1p(clicks)
-            scores = model.rank(q, u, torch.as_tensor(cand, device=b.device),
-                                cand_pop=torch.as_tensor(pop, device=b.device)).float().cpu().numpy()
+            ranked = model.rank(q, u, torch.as_tensor(cand, device=b.device),
+                                cand_pop=torch.as_tensor(pop, device=b.device))
+            # the generator's MIPS scores take part when the model fuses them with the ranker's (cfg.fusion)
+            scores = model.rerank(ranked, torch.as_tensor(gen, device=b.device),
+                                  torch.as_tensor(valid, device=b.device)).float().cpu().numpy()
             for i, j in enumerate(jobs):
                 j.scores = scores[i, :len(j.rooms)]
         for j in jobs:

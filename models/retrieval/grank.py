@@ -58,6 +58,11 @@ class GRankConfig:
     #: whole top 500 and the set stays the generator's. Measured (BENCHMARKS, retrieval): 200 -> 500 raises NDCG@10
     #: with Recall@500 unchanged; 1000 and 2000 raise NDCG@10 further but lose Recall@500.
     k1: int = 500
+    #: score fusion: the ranker's weight ``A`` in ``A * z(ranker) + (1 - A) * z(generator)``, which orders the
+    #: generator's top k1 (z: standardised per request over that top). None: the ranker's order alone (the paper's
+    #: cascade). Measured (BENCHMARKS, retrieval): fusion keeps in the top 500 the targets the ranker does not
+    #: recognise, which its order alone pushes down.
+    fusion: float | None = None
 
     def __post_init__(self) -> None:
         if self.short_len > self.long_len:
@@ -66,6 +71,25 @@ class GRankConfig:
             raise ValueError(f"hard_share must lie in [0, 1], got {self.hard_share}")
         if min(self.dim, self.layers, self.heads, self.n_sub, self.k1) < 1 or self.temperature <= 0:
             raise ValueError(f"GRank sizes must be positive: {self}")
+        if self.fusion is not None and not 0.0 <= self.fusion <= 1.0:
+            raise ValueError(f"fusion (the ranker's weight) must lie in [0, 1], got {self.fusion}")
+
+
+def standardise_rows(x: Tensor, valid: Tensor) -> Tensor:
+    """Per-row z-scores of ``x [B, K]`` over its ``valid [B, K]`` entries (the values at invalid entries are
+    meaningless; rows with one valid entry or equal scores get 0)."""
+    w = valid.to(x.dtype)
+    n = w.sum(1, keepdim=True).clamp_min(1)
+    xv = torch.where(valid, x, torch.zeros_like(x))
+    mean = xv.sum(1, keepdim=True) / n
+    sd = (((xv - mean) * w) ** 2).sum(1, keepdim=True).div(n).sqrt().clamp_min(1e-9)
+    return torch.where(valid, (x - mean) / sd, torch.zeros_like(x))
+
+
+def fuse_scores(ranker: Tensor, generator: Tensor, valid: Tensor, weight: float) -> Tensor:
+    """``weight * z(ranker) + (1 - weight) * z(generator)`` for candidates ``[B, K]`` (z: :func:`standardise_rows`
+    over the ``valid`` ones). Both scores are standardised per request, so neither one's scale decides."""
+    return weight * standardise_rows(ranker, valid) + (1.0 - weight) * standardise_rows(generator, valid)
 
 
 def info_nce(scores: Tensor, valid: Tensor, temperature: float) -> Tensor:
@@ -187,8 +211,8 @@ class GRank(nn.Module):
     @torch.no_grad()
     def scores(self, q: QueryBatch, cand: Tensor, valid: Tensor, cand_pop: Tensor | None = None) -> Tensor:
         """Final scores ``[B, C]`` of candidate rows (inference): generator scores; with a ranker, the generator's
-        top-``k1`` valid candidates are rescored by the ranker and placed above the rest (float64, so that the offset
-        never rounds ranker scores into ties)."""
+        top-``k1`` valid candidates are rescored (:meth:`rerank`) and placed above the rest (float64, so that the
+        offset never rounds ranker scores into ties)."""
         u = self.user_vector(q)
         gen = torch.einsum("bd,bcd->bc", u, self.items(cand)).double().masked_fill(~valid, float("-inf"))
         if self.ranker is None:
@@ -197,7 +221,14 @@ class GRank(nn.Module):
         top = gen.topk(k1, dim=1).indices
         pop = cand_pop.gather(1, top) if cand_pop is not None else None
         rs = self.rank(q, u, cand.gather(1, top), cand_pop=pop).double()
-        return self.place_ranked(gen, valid, top, rs)
+        return self.place_ranked(gen, valid, top, self.rerank(rs, gen.gather(1, top), valid.gather(1, top)))
+
+    def rerank(self, ranker: Tensor, generator: Tensor, valid: Tensor) -> Tensor:
+        """The scores that order the generator's top candidates ``[B, K]``: the ranker's, or with
+        ``cfg.fusion`` set, their :func:`fuse_scores` with the generator's (the service calls this too)."""
+        if self.cfg.fusion is None:
+            return ranker
+        return fuse_scores(ranker, generator, valid, self.cfg.fusion)
 
     @staticmethod
     def place_ranked(gen: Tensor, valid: Tensor, top: Tensor, rs: Tensor) -> Tensor:
@@ -251,4 +282,4 @@ class GRank(nn.Module):
         return torch.cat([zero, hard, rest], dim=1)
 
 
-__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "info_nce"]
+__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "fuse_scores", "info_nce", "standardise_rows"]

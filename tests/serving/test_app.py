@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -95,6 +96,35 @@ def test_health_ready_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/v1/recommend", "/healthz", "/readyz", "/metrics", "/admin/reload"} <= set(spec["paths"])
     assert spec["components"]["schemas"]["RecommendRequest"]["examples"]
+
+
+def test_the_ranker_stage_fuses_the_mips_scores_when_the_model_says_so(client: TestClient) -> None:
+    """With ``fusion = 0`` the GRank ranker stage keeps the MIPS order, so the k2 rooms passed on are MIPS's top k2;
+    with ``fusion = 1`` they are the ranker's top k2."""
+    rec = client.app.state.service.recommender
+    model, catalog = rec.bundle.retriever.model, rec.bundle.catalog
+    found: list = []
+    search = catalog.search
+
+    def spy(*args, **kwargs):
+        found[:] = search(*args, **kwargs)
+        return found
+
+    k2 = rec.cfg.k2
+    catalog.search, saved = spy, model.cfg.fusion
+    try:
+        for weight in (0.0, 1.0):
+            model.cfg.fusion = weight
+            body = client.post("/v1/recommend", json={"user_id": 5, "k": k2, "time_ms": SERVE_TIME}).json()
+            rows, mips, rooms = found[0]
+            assert len(rooms) > k2
+            if weight == 0.0:
+                expected = {rooms[i].live_id for i in np.argsort(-mips, kind="stable")[:k2]}
+                assert {it["live_id"] for it in body["items"]} == expected
+            else:
+                assert {it["live_id"] for it in body["items"]} != expected  # the ranker reorders the candidates
+    finally:
+        catalog.search, model.cfg.fusion = search, saved
 
 
 def test_reload_needs_the_token(client: TestClient) -> None:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models.retrieval.grank import GRank, GRankConfig, info_nce
+from models.retrieval.grank import GRank, GRankConfig, fuse_scores, info_nce, standardise_rows
 from models.retrieval.inputs import CatalogSizes, QueryBatch
 from models.retrieval.layers import DecomposedLayer
 from models.retrieval.registry import ALL_RETRIEVERS, NON_PARAMETRIC, RETRIEVERS, RetrieverConfig, build_retriever
@@ -160,6 +160,48 @@ def test_final_scores_put_the_rescored_top_k1_above_the_rest_in_ranker_order():
         assert s[i, list(top)].min() > s[i, rest].max()
         rs = m.rank(q, m.user_vector(q), cand)[i, sorted(top)].double()
         assert torch.equal(torch.argsort(rs), torch.argsort(s[i, sorted(top)]))
+
+
+def _top_order(s: torch.Tensor, gen: torch.Tensor, k: int) -> list[list[int]]:
+    """Per row, the columns of the generator's top ``k`` in the order the final scores ``s`` put them."""
+    out = []
+    for i in range(s.shape[0]):
+        top = gen[i].topk(k).indices
+        out.append(top[torch.argsort(s[i, top], descending=True, stable=True)].tolist())
+    return out
+
+
+def test_fusion_weights_zero_and_one_give_the_generator_and_the_ranker_order():
+    q = _query()
+    cand = torch.randint(1, SIZES.n_items, (3, 10))
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    cascade = _model()
+    gen = torch.einsum("bd,bcd->bc", cascade.user_vector(q), cascade.items(cand)).double()
+    for weight, reference in ((0.0, gen), (1.0, cascade.scores(q, cand, valid))):
+        fused = _model(fusion=weight)
+        fused.load_state_dict(cascade.state_dict())
+        s = fused.scores(q, cand, valid)
+        assert _top_order(s, gen, 4) == _top_order(reference, gen, 4)
+        rest = [[j for j in range(10) if j not in set(gen[i].topk(4).indices.tolist())] for i in range(3)]
+        assert all(s[i, gen[i].topk(4).indices].min() > s[i, rest[i]].max() for i in range(3))
+
+
+def test_fusion_mixes_standardised_scores_and_ignores_invalid_entries():
+    r = torch.tensor([[1.0, 2.0, 3.0, 99.0], [5.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor([[30.0, 10.0, 20.0, -99.0], [0.0, 2.0, 4.0, 0.0]], dtype=torch.float64)
+    valid = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    z = standardise_rows(r, valid)
+    torch.testing.assert_close(z[0, :3], torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64) * 1.5 ** 0.5)
+    assert z[0, 3] == 0 and z[1, 3] == 0
+    fused = fuse_scores(r, g, valid, 0.5)
+    # the scale of either score does not decide: an affine rescaling of one leaves the fusion unchanged
+    torch.testing.assert_close(fuse_scores(100 * r + 7, g / 10 - 3, valid, 0.5), fused)
+    # row 0: z(ranker) = c * [-1, 0, 1], z(generator) = c * [1, -1, 0] with c = sqrt(1.5)
+    torch.testing.assert_close(fused[0, :3], torch.tensor([0.0, -0.5, 0.5], dtype=torch.float64) * 1.5 ** 0.5)
+    assert torch.argmax(fuse_scores(r, g, valid, 0.9)[0, :3]) == 2
+    assert torch.argmax(fuse_scores(r, g, valid, 0.1)[0, :3]) == 0
+    with pytest.raises(ValueError, match="fusion"):
+        GRankConfig(fusion=1.5)
 
 
 def test_without_a_ranker_the_scores_are_the_mips_scores():
