@@ -28,7 +28,7 @@ encoders), saved next to every exported model.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +213,8 @@ class EventHistory:
 
     def end_positions(self, user_rows: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Position one past the user's last event strictly before ``t``."""
-        q = (np.asarray(user_rows, np.int64) << _SHIFT) | (np.asarray(t, np.int64) - self.origin)
+        # a time at or before the origin (one before the first event) has no past: clamp it there
+        q = (np.asarray(user_rows, np.int64) << _SHIFT) | np.maximum(np.asarray(t, np.int64) - self.origin, 0)
         return np.searchsorted(self.composite, q, side="left")
 
     def window(self, user_rows: np.ndarray, end: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,6 +437,25 @@ class RankingDataset:
     def labels(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {k: self.samples[k].to_numpy()[rows] for k in (*TASKS, "gift_value")}
 
+    def with_samples(self, samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> "RankingDataset":
+        """This dataset's vocabularies, tables and histories over other samples (columns ``user_id``, ``live_id``,
+        ``streamer_id``, ``timestamp``; labels are carried along when present): every per-sample feature computed
+        from the past of ``tables`` exactly as for the dataset's own samples. The feed environment scores its
+        requests this way with the ranker that the service runs."""
+        missing = [c for c in ("user_id", "live_id", "streamer_id", "timestamp") if c not in samples.columns]
+        if missing:
+            raise ValueError(f"samples lack the column(s) {', '.join(missing)}")
+        ctx = context_table(samples, tables["rooms"])
+        title_row = ctx["_title_row"].to_numpy()
+        title_row = np.where((title_row >= 0) & (title_row < self.title_table.shape[0]), title_row, 0)
+        user_rows = self.user_index.lookup(samples["user_id"].to_numpy())
+        ts = samples["timestamp"].to_numpy().astype(np.int64)
+        return replace(
+            self, samples=samples, dense=scale_dense(dense_features(samples, tables).to_numpy()),
+            context=self.spec.context_vocab.encode(ctx), title_row=title_row, user_rows=user_rows,
+            streamer_rows=self.streamer_index.lookup(samples["streamer_id"].to_numpy()), timestamps=ts,
+            ends={key: h.end_positions(user_rows, ts) for key, h in self.histories.items()})
+
     def arrays(self, rows: np.ndarray) -> FeatureArrays:
         rows = np.asarray(rows)
         u = self.user_rows[rows]
@@ -503,8 +523,6 @@ def build_ranking_dataset(data: KuaiLiveData, truth_dir: str | Path | None = Non
     labels = task_labels(samples, t)
     samples = pl.concat([samples, labels.drop("click")], how="horizontal").with_columns(
         pl.col("label").cast(pl.Float32).alias("click"))
-    dense = scale_dense(dense_features(samples, t).to_numpy())
-
     user_index = IdIndex(np.unique(t["user"]["user_id"].to_numpy()))
     streamer_index = IdIndex(np.unique(t["streamer"]["streamer_id"].to_numpy()))
     uprof = _profile_strings(t["user"].sort("user_id"), tuple(USER_PROFILE_COLUMNS))
@@ -514,35 +532,29 @@ def build_ranking_dataset(data: KuaiLiveData, truth_dir: str | Path | None = Non
     user_profile = np.vstack([np.zeros((1, len(USER_PROFILE_COLUMNS)), np.int64), user_vocab.encode(uprof)])
     streamer_profile = np.vstack([np.zeros((1, len(STREAMER_PROFILE_COLUMNS)), np.int64),
                                   streamer_vocab.encode(sprof)])
-    ctx_vocab = _context_vocab()
-    ctx = context_table(samples, t["rooms"])
     title_table = _title_table(data)
-    title_row = ctx["_title_row"].to_numpy()
-    title_row = np.where((title_row >= 0) & (title_row < title_table.shape[0]), title_row, 0)
 
-    user_rows = user_index.lookup(samples["user_id"].to_numpy())
     ts = samples["timestamp"].to_numpy()
     train_ts = ts[(samples["split"] == "train").to_numpy()]
     t_lo, t_hi = (int(train_ts.min()), int(train_ts.max())) if train_ts.size else (0, 0)
     spec = RankingFeatureSpec(n_users=user_index.size, n_streamers=streamer_index.size, user_vocab=user_vocab,
-                              streamer_vocab=streamer_vocab, context_vocab=ctx_vocab, seq_len=seq_len,
+                              streamer_vocab=streamer_vocab, context_vocab=_context_vocab(), seq_len=seq_len,
                               behaviour_len=behaviour_len, title_dim=title_table.shape[1], time_origin_ms=t_lo,
                               time_span_ms=t_hi - t_lo)
     seq_tables = {key: _events(t, name) for key, name in zip(SEQ_KEYS, ("click", "comment", "like", "gift"))}
     origin = min([int(ts.min())] + [int(v["timestamp"].min()) for v in seq_tables.values() if v.height]) - 1
-    histories, ends = {}, {}
-    for key, df in seq_tables.items():
-        h = EventHistory.build(user_index.lookup(df["user_id"].to_numpy()), df["timestamp"].to_numpy(),
-                               streamer_index.lookup(df["streamer_id"].to_numpy()), user_index.size, origin)
-        histories[key] = h
-        ends[key] = h.end_positions(user_rows, ts)
+    histories = {key: EventHistory.build(user_index.lookup(df["user_id"].to_numpy()), df["timestamp"].to_numpy(),
+                                         streamer_index.lookup(df["streamer_id"].to_numpy()), user_index.size,
+                                         origin)
+                 for key, df in seq_tables.items()}
+    empty = np.zeros(0, np.int64)
     ds = RankingDataset(
-        spec=spec, user_index=user_index, streamer_index=streamer_index, samples=samples, dense=dense,
-        context=ctx_vocab.encode(ctx), title_row=title_row, user_profile=user_profile,
-        streamer_profile=streamer_profile, title_table=title_table, histories=histories, ends=ends,
-        user_rows=user_rows, streamer_rows=streamer_index.lookup(samples["streamer_id"].to_numpy()), timestamps=ts,
-        info={**info, "n_samples": samples.height},
-    )
+        spec=spec, user_index=user_index, streamer_index=streamer_index, samples=samples.clear(),
+        dense=np.zeros((0, len(DENSE_COLUMNS)), np.float32), context=np.zeros((0, len(CONTEXT_COLUMNS)), np.int64),
+        title_row=empty, user_profile=user_profile, streamer_profile=streamer_profile, title_table=title_table,
+        histories=histories, ends={key: empty for key in histories}, user_rows=empty, streamer_rows=empty,
+        timestamps=empty, info={**info, "n_samples": samples.height},
+    ).with_samples(samples, t)
     ds.serving = build_serving_tables(ds, t)
     return ds
 

@@ -539,3 +539,24 @@ def test_missing_table_is_a_clear_error(tiny_data) -> None:
     tables = {k: v for k, v in tiny_data.tables.items() if k != "negative"}
     with pytest.raises(ValueError, match="negative"):
         build_ranking_dataset(KuaiLiveData(root=tiny_data.root, tables=tables))
+
+
+def _flat(a) -> dict[str, np.ndarray]:
+    out = {k: v for k, v in vars(a).items() if isinstance(v, np.ndarray)}
+    return out | {f"hist.{k}": v for k, v in a.hist.items()} | {f"len.{k}": v for k, v in a.hist_len.items()}
+
+
+def test_features_of_new_samples_equal_the_dataset_features_of_the_same_samples(ds: RankingDataset,
+                                                                                tiny_data) -> None:
+    rows = np.random.default_rng(0).choice(len(ds.samples), 400, replace=False)
+    keys = ds.samples[rows].select("user_id", "live_id", "streamer_id", "timestamp")  # no labels, no split
+    got, want = _flat(ds.with_samples(keys, tiny_data.tables).arrays(np.arange(400))), _flat(ds.arrays(rows))
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    # a different time gives different features: the path reads the time it is given
+    later = keys.with_columns(pl.col("timestamp") + 3 * MS_PER_DAY)
+    moved = _flat(ds.with_samples(later, tiny_data.tables).arrays(np.arange(400)))
+    assert not np.array_equal(moved["dense"], want["dense"])
+    with pytest.raises(ValueError, match="streamer_id"):
+        ds.with_samples(keys.drop("streamer_id"), tiny_data.tables)
