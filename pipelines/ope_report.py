@@ -46,7 +46,7 @@ import numpy as np
 
 from recsys import ope
 from recsys.config import TrackingConfig
-from recsys.feed.env import FeedEnv, LoggedData, Policy, feature_index
+from recsys.feed.env import Estimator, FeedEnv, LoggedData, Policy, feature_index
 from recsys.feed.policy_spec import parse_policy, policy_key
 from recsys.tracking import tracking_run
 
@@ -979,6 +979,7 @@ def run_replay(
     *,
     n_boot: int = 200,
     n_true_sessions: int = 20_000,
+    estimator: Estimator | None = None,
 ) -> OPERunResult:
     """Simulate a logged day with the logging policy, write the decision log, and evaluate the targets on it.
 
@@ -994,10 +995,12 @@ def run_replay(
         logging_spec: the logging policy; must be stochastic (propensities recorded in the log).
         tracking: MLflow settings (None: tracking off).
         out_dir: report directory; log_out: the Parquet log (default ``<out_dir>/decision_log.parquet``).
+        estimator: the model whose predictions form the policies' state (:data:`recsys.feed.env.Estimator`; e.g.
+            the served ranker, for a policy trained on it); None: the truth's.
     """
     if n_sessions < 1:
         raise ValueError(f"n_sessions must be >= 1, got {n_sessions}")
-    env = FeedEnv(data_dir)
+    env = FeedEnv(data_dir, estimator=estimator)
     logging_policy = parse_policy(logging_spec, env)
     targets = _parse_specs(policy_specs, env)  # fail on a bad target before simulating
     del targets

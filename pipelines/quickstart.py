@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.allocator_state import RankerEstimator
 from pipelines.datasets import build_datasets
 from pipelines.ingest import IngestConfig, check_parity, run_ingest
 from pipelines.ope_report import run_replay
@@ -39,6 +40,7 @@ from recsys.data.loaders import load_kuailive
 from recsys.data.ranking import build_ranking_dataset
 from recsys.data.stats import stats_report, table2
 from recsys.data.synthetic import SynthConfig, generate
+from recsys.feed.env import Estimator
 from recsys.stream.features import OnlineFeatures
 from recsys.stream.replay import event_table
 from recsys.tracking import tracking_run
@@ -141,7 +143,8 @@ def run_quickstart(config: PlatformConfig, out_dir: str | Path = "runs/quickstar
         stage_s["tpp"] = time.perf_counter() - t0
         tracker.log_metrics({"tpp": tpp})
         t0 = time.perf_counter()
-        allocation, report = _allocation_stage(data_dir, config, out, scale, seed, echo)
+        allocation, report = _allocation_stage(data_dir, config, out, scale, seed, echo,
+                                               RankerEstimator(rk.model, rds, data.tables))
         stage_s["allocation"] = time.perf_counter() - t0
         tracker.log_metrics({"allocation": allocation})
         t0 = time.perf_counter()
@@ -222,20 +225,23 @@ QUICKSTART_ALLOCATION = {"tiny": (300, 150, 20, 1_000), "small": (2_000, 600, 10
                          "full": (5_000, 1_500, 200, 20_000)}
 
 
-def _allocation_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo
-                      ) -> tuple[dict[str, float], Path]:
-    """Stage 9: SL-MGAC trained offline on a logged feed day, exported, then replayed / OPE-evaluated."""
+def _allocation_stage(data_dir: Path, config: PlatformConfig, out: Path, scale: str, seed: int, echo,
+                      estimator: Estimator) -> tuple[dict[str, float], Path]:
+    """Stage 9: SL-MGAC trained offline on a logged feed day, exported, then replayed / OPE-evaluated; the policy's
+    state holds the ranker's predictions (``estimator``), as the service will feed it."""
     sessions, steps, boot, true_sessions = QUICKSTART_ALLOCATION[scale]
     echo(f"[9/10] SL-MGAC allocation: log {sessions:,} feed sessions with the epsilon-greedy logging policy, train "
-         f"offline for {steps} steps, export, then offline replay / OPE against the environment's truth")
+         f"offline for {steps} steps on the ranker's predictions as state, export, then offline replay / OPE "
+         "against the environment's truth")
     job = train_allocator_job(data_dir, AllocatorTrainConfig(policy="slmgac", steps=steps, seed=seed),
                               config.tracking, n_log_sessions=sessions, n_true_sessions=true_sessions,
-                              export_dir=out / "allocator" / "slmgac")
+                              export_dir=out / "allocator" / "slmgac", estimator=estimator)
     m = job.metrics
     echo(f"    true value {m['true_value']:.2f} min/session, cost {m['true_cost']:.2f}, allocation ratio "
          f"{m['true_alloc_ratio']:.3f} (target 0.3); exported to {job.export_dir}")
     rep = run_replay(data_dir, [str(job.export_dir), "constant:0.3"], sessions, seed + 1,
-                     tracking=config.tracking, out_dir=out / "ope", n_boot=boot, n_true_sessions=true_sessions)
+                     tracking=config.tracking, out_dir=out / "ope", n_boot=boot, n_true_sessions=true_sessions,
+                     estimator=estimator)
     res = {"slmgac.true_value": m["true_value"], "slmgac.alloc_ratio": m["true_alloc_ratio"]}
     for name, pr in rep.results.policies.items():
         truth = pr.truth.value if pr.truth is not None else float("nan")

@@ -23,7 +23,7 @@ from models.allocation.export import TorchPolicy
 from models.allocation.registry import ALLOCATORS, build_allocator
 from models.allocation.slmgac import SLMGAC
 from recsys.config import TrackingConfig
-from recsys.feed.env import LoggedData, feature_index, n_groups_of
+from recsys.feed.env import Estimator, LoggedData, feature_index, n_groups_of
 from recsys.ope import implied_rate
 from recsys.tracking import tracking_run
 
@@ -254,14 +254,17 @@ class AllocatorJobResult:
 def train_allocator_job(data_dir: str | Path, cfg: AllocatorTrainConfig, tracking: TrackingConfig,
                         n_log_sessions: int = 5_000, n_true_sessions: int = 20_000, log_seed: int = 0,
                         truth_seed: int = 7, logs_path: str | Path | None = None,
-                        export_dir: str | Path | None = None) -> AllocatorJobResult:
+                        export_dir: str | Path | None = None, estimator: Estimator | None = None
+                        ) -> AllocatorJobResult:
     """Log a day with the environment's logging policy (or read ``logs_path``), train ``cfg.policy`` offline on it,
     measure its true value / cost / allocation ratio in the environment (common random numbers), export the served
-    policy and track it all in one MLflow run."""
+    policy and track it all in one MLflow run. With an ``estimator`` (e.g.
+    :class:`pipelines.allocator_state.RankerEstimator`) the policy's state holds that model's predictions instead of
+    the truth's, as the ranking service will feed it; the export's meta says which (``state``)."""
     from models.allocation.export import save_policy
     from recsys.feed.env import FeedEnv
 
-    env = FeedEnv(data_dir)
+    env = FeedEnv(data_dir, estimator=estimator)
     with tracking_run(tracking, f"train-allocator-{cfg.policy}", tags={"job": "train_allocator",
                                                                         "policy": cfg.policy}) as tr:
         if logs_path is not None:
@@ -281,6 +284,7 @@ def train_allocator_job(data_dir: str | Path, cfg: AllocatorTrainConfig, trackin
         if export_dir is not None:
             out = save_policy(policy, export_dir, meta={"policy": cfg.policy, "metrics": metrics,
                                                         "feature_names": list(logged.feature_names),
-                                                        "alloc_target": cfg.alloc_target})
+                                                        "alloc_target": cfg.alloc_target,
+                                                        "state": env.describe()["estimator"] or "truth"})
             tr.log_artifact(out, "policy")
         return AllocatorJobResult(policy=policy, metrics=metrics, export_dir=out, run_id=tr.run_id)

@@ -455,13 +455,15 @@ def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     if args.logs and not Path(args.logs).is_file():
         raise CliError(f"--logs {args.logs} not found: a Parquet decision log (written by `recsys replay`)", 2)
     options = _json_object("--options", args.options, '{"hidden": 128}')
+    estimator = _ranker_estimator(args, _data_dir(args, cfg))
     job = importlib.import_module("pipelines.train_allocator")
     tcfg = job.AllocatorTrainConfig(policy=args.policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                     lr_schedule=args.lr_schedule, alloc_target=args.alloc_target, seed=args.seed,
                                     options=options)
     export = Path(args.export or f"runs/allocator/{args.policy}")
     res = job.train_allocator_job(_data_dir(args, cfg), tcfg, cfg.tracking, n_log_sessions=args.sessions,
-                                  n_true_sessions=args.true_sessions, logs_path=args.logs, export_dir=export)
+                                  n_true_sessions=args.true_sessions, logs_path=args.logs, export_dir=export,
+                                  estimator=estimator)
     m = res.metrics
     print(f"{args.policy}: true value {m['true_value']:.3f} per session, cost {m['true_cost']:.3f}, allocation "
           f"ratio {m['true_alloc_ratio']:.3f} (target {args.alloc_target})")
@@ -469,6 +471,16 @@ def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     if res.run_id:
         print(f"MLflow run {res.run_id} in {cfg.tracking.tracking_uri}")
     return 0
+
+
+def _ranker_estimator(args: argparse.Namespace, data_dir: Path) -> Any:
+    """``--ranker EXPORT``: the environment's state from that ranker's predictions (None without the flag)."""
+    if not args.ranker:
+        return None
+    if not Path(args.ranker, "ranker.json").is_file():
+        raise CliError(f"--ranker {args.ranker}: not a ranker export (no ranker.json; write one with "
+                       "`recsys train ranker --export DIR`)", 2)
+    return resolve("pipelines.allocator_state:ranker_estimator")(args.ranker, data_dir)
 
 
 def cmd_replay(args: argparse.Namespace, cfg: PlatformConfig) -> int:
@@ -484,10 +496,11 @@ def cmd_replay(args: argparse.Namespace, cfg: PlatformConfig) -> int:
         if "needs the environment" not in str(exc):
             raise CliError(f"--logging: {exc}", 2) from exc
     out = Path(args.out)
+    data_dir = _data_dir(args, cfg)
     res = resolve("pipelines.ope_report:run_replay")(
-        _data_dir(args, cfg), args.policy, args.sessions, args.seed, logging_spec=args.logging,
+        data_dir, args.policy, args.sessions, args.seed, logging_spec=args.logging,
         tracking=cfg.tracking, out_dir=out, log_out=args.log_out, n_boot=args.boot,
-        n_true_sessions=args.true_sessions,
+        n_true_sessions=args.true_sessions, estimator=_ranker_estimator(args, data_dir),
     )
     _print_ope(res)
     return 0
@@ -526,6 +539,9 @@ def _add_ope_parsers(sub: Any) -> None:
     rp.add_argument("--log-out", help="decision log Parquet file (default: <out>/decision_log.parquet)")
     rp.add_argument("--boot", type=int, default=200, help="bootstrap resamples of sessions for the CIs")
     rp.add_argument("--true-sessions", type=int, default=20_000, help="sessions of the ground-truth rollouts")
+    rp.add_argument("--ranker", metavar="EXPORT",
+                    help="a ranker export whose predictions (P(click), watch time) form the policy state, as the "
+                    "service feeds it (default: the environment truth)")
     rp.add_argument("--no-mlflow", action="store_true")
     rp.set_defaults(func=cmd_replay)
     op = sub.add_parser("ope", help="off-policy evaluation of target policies on a decision log, with a report")
@@ -790,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--options", help="JSON overrides of the allocator config, e.g. '{\"hidden\": 128}'")
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--export", help="export directory (default: runs/allocator/<policy>)")
+    al.add_argument("--ranker", metavar="EXPORT",
+                    help="a ranker export whose predictions (P(click), watch time) form the policy state, as the "
+                    "service feeds it (default: the environment truth)")
     al.add_argument("--no-mlflow", action="store_true")
     al.set_defaults(func=cmd_train_allocator)
     ing = sub.add_parser("ingest", help="replay events through Kafka (or in-process) into the feature store")

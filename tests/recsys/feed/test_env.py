@@ -294,3 +294,43 @@ def test_invalid_policy_output_is_rejected(env: FeedEnv) -> None:
         env.rollout(lambda x: np.zeros(3), 10, seed=0)
     with pytest.raises(ValueError, match="NaN"):
         env.rollout(lambda x: np.full(len(x), np.nan), 10, seed=0)
+
+
+def test_an_estimator_replaces_the_truth_in_the_state_and_not_in_the_outcomes(tiny_dir: Path, env: FeedEnv) -> None:
+    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def estimator(users: np.ndarray, times: np.ndarray, live_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append((users, times, live_ids))
+        return (live_ids % 7) / 10.0, (users % 5).astype(float)  # recognisable values
+
+    est = FeedEnv(tiny_dir, estimator=estimator)
+    truth, lg = env.log(constant(0.4), 60, seed=2), est.log(constant(0.4), 60, seed=2)
+    has = lg.features[:, HAS] > 0
+    assert has.any() and calls
+    p, w = lg.features[:, feature_index("p_click_hat")], lg.features[:, feature_index("watch_hat")]
+    np.testing.assert_allclose(p[has], (lg.live_id[has] % 7) / 10.0)
+    np.testing.assert_allclose(w[has], (lg.user_id[has] % 5).astype(float))
+    np.testing.assert_allclose(lg.features[has, SCORE], p[has] * w[has])
+    assert (p[~has] == 0).all() and (w[~has] == 0).all()
+    # the estimator was asked about the request's own user, time and candidate
+    users, times, lives = (np.concatenate(c) for c in zip(*calls))
+    asked = set(zip(users.tolist(), times.tolist(), lives.tolist()))
+    assert set(zip(lg.user_id[has].tolist(), lg.timestamp[has].tolist(), lg.live_id[has].tolist())) <= asked
+    # everything but the two model columns (and their product) is the truth environment's; so are the outcomes
+    model_cols = [feature_index(n) for n in ("p_click_hat", "watch_hat", "score_hat")]
+    other = np.setdiff1d(np.arange(lg.features.shape[1]), model_cols)
+    np.testing.assert_array_equal(lg.features[:, other], truth.features[:, other])
+    np.testing.assert_array_equal(lg.reward, truth.reward)
+    assert not np.array_equal(lg.features[:, model_cols], truth.features[:, model_cols])
+    assert est.describe()["estimator"] and env.describe()["estimator"] is None
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda u, t, ids: (np.full(ids.size, 0.5), np.ones(ids.size + 1)), "watch_minutes must be"),
+    (lambda u, t, ids: (np.full(ids.size, 1.5), np.ones(ids.size)), r"\[0, 1\]"),
+    (lambda u, t, ids: (np.full(ids.size, np.nan), np.ones(ids.size)), "finite"),
+    (lambda u, t, ids: np.ones(ids.size), "pair"),
+])
+def test_a_bad_estimator_is_a_clear_error(tiny_dir: Path, bad, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FeedEnv(tiny_dir, estimator=bad).rollout(constant(0.3), 10, seed=0)

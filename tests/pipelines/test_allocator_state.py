@@ -1,0 +1,79 @@
+"""The allocator's state from the served ranker (pipelines.allocator_state) on the tiny twin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.ranking.export import save_ranker
+from models.ranking.inputs import to_input
+from pipelines.allocator_state import RankerEstimator, ranker_estimator
+from pipelines.train_ranker import RankerTrainConfig, fit_ranker
+from recsys.cli import main
+from recsys.data.ranking import RankingDataset
+from recsys.feed import FeedEnv, constant, feature_index
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_ranking: RankingDataset):
+    cfg = RankerTrainConfig(model="dnn", epochs=1, max_steps=20, batch_size=256, progress=False, eval_every=20,
+                            device="cpu", eval_batch_size=4096)
+    return fit_ranker(tiny_ranking, cfg).model.eval()
+
+
+@pytest.fixture(scope="module")
+def export(ranker, tiny_ranking: RankingDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_ranker(ranker, tmp_path_factory.mktemp("ranker"), tiny_ranking.user_index,
+                       tiny_ranking.streamer_index)
+
+
+def test_the_estimator_gives_the_ranker_predictions_of_the_training_features(ranker, tiny_ranking, tiny_data
+                                                                               ) -> None:
+    ds = tiny_ranking
+    rows = np.random.default_rng(1).choice(len(ds.samples), 300, replace=False)
+    s = ds.samples[rows]
+    est = RankerEstimator(ranker, ds, tiny_data.tables, batch_size=128)  # several batches
+    p, w = est(s["user_id"].to_numpy(), s["timestamp"].to_numpy(), s["live_id"].to_numpy())
+    with torch.no_grad():
+        want = ranker.predict(to_input(ds.arrays(rows)))
+    np.testing.assert_allclose(p, want["click"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w, want["watch_s"].numpy() / 60.0, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="live_id 987654321"):
+        est(s["user_id"].to_numpy()[:1], s["timestamp"].to_numpy()[:1], np.array([987654321]))
+
+
+def test_an_export_drives_the_environment_state(export: Path, ranker, tiny_ranking, tiny_data, tiny_dir: Path
+                                                ) -> None:
+    from_export = ranker_estimator(export, tiny_dir)
+    in_memory = RankerEstimator(ranker, tiny_ranking, tiny_data.tables)
+    lg = FeedEnv(tiny_dir, estimator=from_export).log(constant(0.3), 40, seed=4)
+    has = lg.features[:, feature_index("has_candidate")] > 0
+    p, w = in_memory(lg.user_id[has], lg.timestamp[has], lg.live_id[has])
+    np.testing.assert_allclose(lg.features[has, feature_index("p_click_hat")], p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lg.features[has, feature_index("watch_hat")], w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_ranker_of_another_dataset_is_refused(export: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(export, other)
+    spec = json.loads((other / "spec.json").read_text())
+    spec["time_origin_ms"] += 1  # a dataset of the same sizes that starts elsewhere
+    (other / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="another dataset"):
+        ranker_estimator(other, tiny_dir)
+
+
+def test_cli_trains_an_allocator_on_the_ranker_state(export: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "policy"
+    flags = ["train", "allocator", "--policy", "threshold", "--data", str(tiny_dir), "--sessions", "100",
+             "--true-sessions", "100", "--steps", "5", "--no-mlflow", "--export", str(out)]
+    assert main([*flags, "--ranker", str(export)]) == 0
+    assert json.loads((out / "meta.json").read_text())["state"] == "ranker"
+    assert main([*flags, "--ranker", str(tmp_path / "nowhere")]) == 2
