@@ -146,7 +146,7 @@ def test_only_items_before_the_query_enter_the_history_window():
 
 # ------------------------------------------------------------------------------------------- scores and losses
 def test_final_scores_put_the_rescored_top_k1_above_the_rest_in_ranker_order():
-    m = _model()
+    m = _model(fusion=None)
     q = _query()
     cand = torch.randint(1, SIZES.n_items, (3, 10))
     valid = torch.ones(3, 10, dtype=torch.bool)
@@ -175,7 +175,7 @@ def test_fusion_weights_zero_and_one_give_the_generator_and_the_ranker_order():
     q = _query()
     cand = torch.randint(1, SIZES.n_items, (3, 10))
     valid = torch.ones(3, 10, dtype=torch.bool)
-    cascade = _model()
+    cascade = _model(fusion=None)
     gen = torch.einsum("bd,bcd->bc", cascade.user_vector(q), cascade.items(cand)).double()
     for weight, reference in ((0.0, gen), (1.0, cascade.scores(q, cand, valid))):
         fused = _model(fusion=weight)
