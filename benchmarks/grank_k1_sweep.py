@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.retrieval.grank import GRank, fuse_scores
+from models.retrieval.grank import GRank, fuse_scores, standardise_rows
 from models.retrieval.inputs import QueryBatch, catalog_tensors
 from models.retrieval.registry import build_retriever
 from pipelines.train_retrieval import (
@@ -41,27 +41,36 @@ from recsys.metrics import topk_metrics
 
 @torch.no_grad()
 def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], fusion: list[float], users: np.ndarray,
-                times: np.ndarray, cands: np.ndarray, valid: np.ndarray, batch: int = 128) -> dict[str, np.ndarray]:
-    """``{"k1_<K>" | "fusion_<A>": 1-based rank of the target (column 0)}``, from one ranker pass over the generator's
-    top ``max(k1s)``."""
-    out: dict[str, list[np.ndarray]] = {f"k1_{k}": [] for k in k1s} | {f"fusion_{a:g}": [] for a in fusion}
+                times: np.ndarray, cands: np.ndarray, valid: np.ndarray, batch: int = 128,
+                depths: list[int] | None = None, pop_weights: list[float] = ()) -> dict[str, np.ndarray]:
+    """``{"k1_<K>" | "fusion_<A>[@<D>][_pop<C>]": 1-based rank of the target (column 0)}``, from one ranker pass over
+    the generator's top ``max(k1s + depths)``. Fusion over the top ``D`` of ``depths`` (default ``max(k1s)``, whose
+    keys carry no ``@D``); ``_pop<C>`` adds ``C * z(candidate popularity)`` to the fused score."""
+    depths = depths or [max(k1s)]
+    variants = [(a, d, c) for a in fusion for d in depths for c in (0.0, *pop_weights)]
+
+    def key(a: float, d: int, c: float) -> str:
+        return f"fusion_{a:g}" + ("" if d == max(k1s) else f"@{d}") + (f"_pop{c:g}" if c else "")
+
+    out: dict[str, list[np.ndarray]] = {f"k1_{k}": [] for k in k1s} | {key(*v): [] for v in variants}
     for i in range(0, users.size, batch):
         sl = slice(i, i + batch)
         q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]))
         c, v = torch.as_tensor(cands[sl]), torch.as_tensor(valid[sl])
         u = model.user_vector(q)
         gen = torch.einsum("bd,bcd->bc", u, model.item_vectors(c)).double().masked_fill(~v, float("-inf"))
-        top = gen.topk(min(max(k1s), c.shape[1]), dim=1).indices
+        top = gen.topk(min(max(k1s + depths), c.shape[1]), dim=1).indices
         sub = c.gather(1, top)
         pop = torch.as_tensor(candidate_popularity(ds, sub.numpy(), times[sl]))
         rs = model.rank(q, u, sub, cand_pop=pop).double()
         for k in k1s:
             out[f"k1_{k}"].append(_ranks(GRank.place_ranked(gen, v, top[:, :k], rs[:, :k]).numpy(), valid[sl]))
-        if fusion:
-            g, vt = gen.gather(1, top), v.gather(1, top)
-            for a in fusion:
-                fused = GRank.place_ranked(gen, v, top, fuse_scores(rs, g, vt, a))
-                out[f"fusion_{a:g}"].append(_ranks(fused.numpy(), valid[sl]))
+        g, vt = gen.gather(1, top), v.gather(1, top)
+        for a, d, w in variants:
+            fused = fuse_scores(rs[:, :d], g[:, :d], vt[:, :d], a)
+            if w:
+                fused = fused + w * standardise_rows(pop[:, :d].double(), vt[:, :d])
+            out[key(a, d, w)].append(_ranks(GRank.place_ranked(gen, v, top[:, :d], fused).numpy(), valid[sl]))
     return {k: np.concatenate(r) for k, r in out.items()}
 
 
@@ -78,6 +87,11 @@ def main() -> None:
     ap.add_argument("--weights", help="a GRank state_dict to evaluate instead of training one")
     ap.add_argument("--save", help="write the trained model's state_dict here")
     ap.add_argument("--fusion", type=float, nargs="*", default=[], help="ranker weights A of the score fusion")
+    ap.add_argument("--fusion-depths", type=int, nargs="*", default=[],
+                    help="generator top-D the fusion orders (default: max --k1)")
+    ap.add_argument("--pop-weights", type=float, nargs="*", default=[],
+                    help="also add C * z(candidate popularity) to each fused score")
+    ap.add_argument("--max-targets", type=int, default=0, help="evaluate a seeded random subset of the test targets")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     res: dict[str, float] = {}
@@ -98,13 +112,18 @@ def main() -> None:
             torch.save(model.state_dict(), args.save)
     model.eval()
     k1s = sorted(args.k1)
-    n = ds.eval_sets["test"].targets.height
+    n_all = ds.eval_sets["test"].targets.height
+    subset = np.arange(n_all)
+    if 0 < args.max_targets < n_all:
+        subset = np.sort(np.random.default_rng(args.seed).choice(n_all, args.max_targets, replace=False))
+    n = subset.size
     ranks: dict[bool, dict[str, list[np.ndarray]]] = {False: {}, True: {}}
     t0 = time.perf_counter()
     for lo in range(0, n, EVAL_CHUNK):
-        rows = np.arange(lo, min(lo + EVAL_CHUNK, n))
+        rows = subset[lo: lo + EVAL_CHUNK]
         for pool in (False, True):
-            found = sweep_ranks(model, ds, k1s, args.fusion, *eval_candidates(ds, "test", full_pool=pool, rows=rows))
+            found = sweep_ranks(model, ds, k1s, args.fusion, *eval_candidates(ds, "test", full_pool=pool, rows=rows),
+                                depths=args.fusion_depths, pop_weights=args.pop_weights)
             for key, r in found.items():
                 ranks[pool].setdefault(key, []).append(r)
     for key in ranks[False]:
