@@ -7,6 +7,7 @@ See :mod:`recsys.feed.env` for the generative story, the common random numbers a
 from recsys.feed.env import (
     BASE_FEATURES,
     TRUTH_FILES,
+    Estimator,
     FeedEnv,
     FeedEnvConfig,
     LoggedData,
@@ -22,6 +23,7 @@ from recsys.feed.policies import always, clipped, constant, epsilon_greedy, neve
 __all__ = [
     "BASE_FEATURES",
     "TRUTH_FILES",
+    "Estimator",
     "FeedEnv",
     "FeedEnvConfig",
     "LoggedData",

@@ -103,10 +103,10 @@ from recsys.timeutil import (
 __all__ = [
     "BASE_FEATURES",
     "TRUTH_FILES",
+    "Estimator",
     "FeedEnv",
     "FeedEnvConfig",
     "LoggedData",
-    "Estimator",
     "MissingTruthError",
     "Policy",
     "RolloutResult",
