@@ -3,10 +3,12 @@ cross-attention ranker rescores), from one trained model.
 
 The ranker scores each candidate on its own, so the scores of the generator's top ``max(k1s)`` give every smaller
 k1 in one pass. Trains GRank (``--granularity``, streamer by default) with the given budget (or loads
-``--weights``), then scores the test split: the protocol's 10,000 live-at-t negatives (Recall/NDCG@5/10/20) and every item live at t (@50/500).
-Writes flat JSON keys ``k1_<K>.<metric>``; with ``--fusion A ...`` also ``fusion_<A>.<metric>``: the generator's top
-``max(k1)`` ordered by ``A * z(ranker) + (1 - A) * z(generator)`` (scores standardised per request over that top),
-placed above the rest.
+``--weights``), then scores the test split (or ``--max-targets`` of it): the protocol's 10,000 live-at-t negatives
+(Recall/NDCG@5/10/20) and every item live at t (@50/500). Writes flat JSON keys ``k1_<K>.<metric>`` (the ranker's
+order over the top K, placed above the rest); with ``--fusion A ...`` also ``fusion_<A>.<metric>``: the generator's
+top ``max(k1)`` ordered by ``A * z(ranker) + (1 - A) * z(generator)`` (scores standardised per request over that
+top), placed above the rest; ``--fusion-depths D ...`` gives ``fusion_<A>@<D>`` over other depths, and
+``--pop-weights C ...`` ``fusion_<A>[@<D>]_pop<C>`` with ``C * z(candidate popularity)`` added.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/grank_k1_sweep.py --data /tmp/full --out k1.json --threads 2 \\
         --max-steps 600 --eval-every 0

@@ -882,6 +882,7 @@ def run_ope(
     data_dir: str | Path | None = None,
     *,
     env: FeedEnv | None = None,
+    estimator: Estimator | None = None,
     gamma: float | None = None,
     n_boot: int = 200,
     seed: int = 0,
@@ -903,6 +904,8 @@ def run_ope(
             For a ``.jsonl`` log its ``click`` table gives the outcomes (no true values: the environment simulates
             another process than the service's traffic).
         env: an environment instead of ``data_dir``.
+        estimator: the model whose predictions form the state of the environment built from ``data_dir`` (as for
+            :func:`run_replay`; a log written with one must be evaluated with the same).
         gamma, n_boot, seed, n_true_sessions, truth_seed: as for :func:`evaluate_policies`.
 
     Metrics: ``<policy>.<estimator>`` (+ ``.ci_low`` / ``.ci_high`` / ``.rel_error``), ``<policy>.true_value``,
@@ -919,7 +922,7 @@ def run_ope(
     # a service log's outcomes come from the click log, not from the environment's simulation: the environment's
     # true values measure another process (its own candidates and reward model), so they are not attached
     if env is None and data_dir is not None and not _is_service_log(log_path):
-        env = FeedEnv(data_dir)
+        env = FeedEnv(data_dir, estimator=estimator)
     policies = _parse_specs(policy_specs, env)
     out = Path(out_dir)
     with tracking_run(tracking, run_name) as tracker:

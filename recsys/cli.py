@@ -514,9 +514,12 @@ def cmd_ope(args: argparse.Namespace, cfg: PlatformConfig) -> int:
                        "service decision log (.jsonl)", 2)
     if args.logs.endswith(".jsonl") and not args.data:
         raise CliError(f"--logs {args.logs}: a service decision log needs --data to join outcomes", 2)
+    if args.ranker and not args.data:
+        raise CliError("--ranker needs --data (the environment whose state the ranker predicts)", 2)
     res = resolve("pipelines.ope_report:run_ope")(
         args.logs, args.policy, cfg.tracking, args.out, data_dir=args.data, n_boot=args.boot, seed=args.seed,
         n_true_sessions=args.true_sessions, truth_seed=args.truth_seed,
+        estimator=_ranker_estimator(args, Path(args.data)) if args.ranker else None,
     )
     _print_ope(res)
     return 0
@@ -556,6 +559,8 @@ def _add_ope_parsers(sub: Any) -> None:
     op.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     op.add_argument("--true-sessions", type=int, default=20_000, help="sessions of the ground-truth rollouts")
     op.add_argument("--truth-seed", type=int, default=0, help="seed of the ground-truth rollouts")
+    op.add_argument("--ranker", metavar="EXPORT", help="the ranker whose predictions formed the state of a log "
+                    "written by `recsys replay --ranker` (the true values then use the same state)")
     op.add_argument("--no-mlflow", action="store_true")
     op.set_defaults(func=cmd_ope)
 

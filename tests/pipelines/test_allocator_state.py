@@ -16,7 +16,7 @@ from pipelines.allocator_state import RankerEstimator, ranker_estimator
 from pipelines.train_ranker import RankerTrainConfig, fit_ranker
 from recsys.cli import main
 from recsys.data.ranking import RankingDataset
-from recsys.feed import FeedEnv, constant, feature_index
+from recsys.feed import FeedEnv, LoggedData, constant, feature_index
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -77,3 +77,21 @@ def test_cli_trains_an_allocator_on_the_ranker_state(export: Path, tiny_dir: Pat
     assert main([*flags, "--ranker", str(export)]) == 0
     assert json.loads((out / "meta.json").read_text())["state"] == "ranker"
     assert main([*flags, "--ranker", str(tmp_path / "nowhere")]) == 2
+
+
+def test_replay_and_ope_take_the_ranker_state(export: Path, ranker, tiny_ranking, tiny_data, tiny_dir: Path,
+                                              tmp_path: Path) -> None:
+    report = tmp_path / "replay"
+    common = ["--policy", "constant:0.3", "--true-sessions", "100", "--boot", "5", "--no-mlflow"]
+    assert main(["replay", "--data", str(tiny_dir), "--sessions", "100", "--ranker", str(export),
+                 "--out", str(report), *common]) == 0
+    log = report / "decision_log.parquet"
+    logged = LoggedData.read_parquet(log)
+    has = logged.features[:, feature_index("has_candidate")] > 0
+    p, _ = RankerEstimator(ranker, tiny_ranking, tiny_data.tables)(logged.user_id[has], logged.timestamp[has],
+                                                                  logged.live_id[has])
+    np.testing.assert_allclose(logged.features[has, feature_index("p_click_hat")], p, rtol=1e-5, atol=1e-6)
+    assert main(["ope", "--logs", str(log), "--data", str(tiny_dir), "--ranker", str(export),
+                 "--out", str(tmp_path / "ope"), *common]) == 0
+    assert (tmp_path / "ope" / "report.md").is_file()
+    assert main(["ope", "--logs", str(log), "--ranker", str(export), "--out", str(tmp_path / "x"), *common]) == 2
