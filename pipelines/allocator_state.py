@@ -6,7 +6,9 @@ top candidate (:func:`serving.features.allocation_features`). A policy trained o
 exported SL-MGAC inserted a room in 2 % of the requests against a 0.30 budget. :class:`RankerEstimator` is a
 :data:`recsys.feed.env.Estimator`: it scores each environment request's candidate with the ranker, on features
 built from the past of the dataset by the same code path as the ranker's training samples
-(:meth:`recsys.data.ranking.RankingDataset.with_samples`), so that a policy is trained on the state it will see.
+(:meth:`recsys.data.ranking.RankingDataset.with_samples`), and gives the candidate's ``log_popularity`` as the
+service computes it (``log1p`` of its streamer's clicks in the last 24 h), so that a policy is trained on the state
+it will see.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ import torch
 
 from models.ranking.inputs import to_input
 from models.ranking.ranker import Ranker
+from recsys.data.features import count_before
 from recsys.data.ranking import RankingDataset, build_ranking_dataset
+from recsys.timeutil import MS_PER_DAY
 
 __all__ = ["RankerEstimator", "ranker_estimator"]
 
 
 @dataclass
 class RankerEstimator:
-    """``(user_ids, times_ms, live_ids) -> (P(click), watch minutes)`` of a trained :class:`Ranker`.
+    """``(user_ids, times_ms, live_ids) -> (P(click), watch minutes, log_popularity)`` of a trained
+    :class:`Ranker`; ``log_popularity`` is ``log1p`` of the candidate streamer's clicks in ``[t - 1 day - 1 ms, t)``,
+    the window the service reads from the store (:meth:`serving.store_reader.StoreReader.streamer_day_clicks`).
 
     Args:
         model: the ranker (its device is used).
@@ -47,10 +53,13 @@ class RankerEstimator:
         rooms = self.tables["rooms"].select("live_id", "streamer_id").unique("live_id").sort("live_id")
         self._room_ids = rooms["live_id"].to_numpy().astype(np.int64)
         self._room_streamer = rooms["streamer_id"].to_numpy().astype(np.int64)
+        clicks = self.tables["click"]
+        self._click_streamer = clicks["streamer_id"].to_numpy().astype(np.int64)
+        self._click_time = clicks["timestamp"].to_numpy().astype(np.int64)
 
     @torch.no_grad()
     def __call__(self, user_ids: np.ndarray, times: np.ndarray, live_ids: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         live_ids = np.asarray(live_ids, np.int64)
         pos = np.searchsorted(self._room_ids, live_ids)
         known = (pos < self._room_ids.size) & (self._room_ids[np.minimum(pos, self._room_ids.size - 1)] == live_ids)
@@ -72,7 +81,14 @@ class RankerEstimator:
                 w[rows] = pred["watch_s"].float().cpu().numpy() / 60.0  # the service's unit: minutes
         finally:
             self.model.train(was_training)
-        return p, w
+        return p, w, self.log_popularity(self._room_streamer[pos], samples["timestamp"].to_numpy())
+
+    def log_popularity(self, streamer_ids: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """``log1p`` of each streamer's clicks in ``[t - 1 day - 1 ms, t)`` (the store's ``zcount`` window)."""
+        t = np.asarray(times, np.int64)
+        n = (count_before(self._click_streamer, self._click_time, streamer_ids, t)
+             - count_before(self._click_streamer, self._click_time, streamer_ids, t - MS_PER_DAY - 1))
+        return np.log1p(n.astype(np.float64))
 
 
 def ranker_estimator(ranker_dir: str | Path, data_dir: str | Path, device: str = "cpu") -> RankerEstimator:

@@ -70,6 +70,7 @@ class _Job:
     p: np.ndarray | None = None
     w: np.ndarray | None = None
     entries: np.ndarray | None = None
+    day_clicks: dict[int, int] = field(default_factory=dict)  # streamer id -> clicks in the last 24 h (store)
     group: int = 0
     x: np.ndarray | None = None
     alloc: Allocation | None = None
@@ -132,6 +133,7 @@ class Recommender:
                 clicks = self.reader.streamer_day_clicks([r.streamer_id for r in j.rooms], j.now) if n else None
                 if clicks is not None:
                     pop[i, :n] = np.log1p(clicks)
+                    j.day_clicks = {r.streamer_id: int(c) for r, c in zip(j.rooms, clicks)}
             ranked = model.rank(q, u, torch.as_tensor(cand, device=b.device),
                                 cand_pop=torch.as_tensor(pop, device=b.device))
             # the generator's MIPS scores take part when the model fuses them with the ranker's (cfg.fusion)
@@ -161,6 +163,18 @@ class Recommender:
             if j.entries is not None:
                 j.entries = j.entries[order]
 
+    def _top_log_popularity(self, j: _Job) -> float:
+        """``log1p`` of the top room's streamer's clicks in the last 24 h (the allocator's ``log_popularity``, as
+        :class:`pipelines.allocator_state.RankerEstimator` computes it offline); the ranker stage's read when it
+        made one, else one store read; 0 when the store does not answer."""
+        sid = j.rooms[0].streamer_id
+        if sid not in j.day_clicks:
+            clicks = self.reader.streamer_day_clicks([sid], j.now)
+            if clicks is None:
+                return 0.0
+            j.day_clicks[sid] = int(clicks[0])
+        return math.log1p(j.day_clicks[sid])
+
     def _allocate(self, b: ServingBundle, jobs: list[_Job], pacer: InsertionPacer | None) -> None:
         """The allocator's state for every request, one policy call, an action drawn per request."""
         xs = []
@@ -168,10 +182,8 @@ class Recommender:
             ctx = j.req.context
             group = ctx.group if ctx.group is not None else b.activity_group(j.req.user_id)
             j.group = min(group, max(b.n_groups - 1, 0))
-            log_pop = 0.0
-            if j.entries is not None and j.entries.size:
-                log_pop = math.log((j.entries[0] + 1.0) / (float(j.entries.mean()) + 1.0))
             top = bool(j.rooms)
+            log_pop = self._top_log_popularity(j) if top and not j.fallback else 0.0
             xs.append(allocation_features(
                 b.feature_names, p_click=float(j.p[0]) if j.p is not None and top else 0.0,
                 watch_min=float(j.w[0]) / 60.0 if j.w is not None and top else 0.0, log_popularity=log_pop,

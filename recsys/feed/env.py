@@ -66,8 +66,9 @@ minutes, from the noiseless logit), ``score_hat = p_click_hat * watch_hat`` (exp
 before fatigue), ``log_popularity`` (log of the streamer's truth popularity, mean 1), ``fatigue`` (F_i),
 ``request_index`` (i), ``hour_sin`` / ``hour_cos`` (CST hour of day), ``has_candidate`` (0 / 1), ``group_0 ..``
 (one-hot activity group, 0 = least active). Candidate columns are 0 when there is no candidate. With an
-``estimator`` (:data:`Estimator`), ``p_click_hat`` and ``watch_hat`` are a model's predictions instead: the ranker
-the service runs, so that the state a policy is trained on is the state it is served.
+``estimator`` (:data:`Estimator`), ``p_click_hat`` and ``watch_hat`` (and ``log_popularity`` when it gives one) are
+a model's predictions instead: the ranker the service runs and the store's popularity, so that the state a policy
+is trained on is the state it is served.
 
 A policy is any callable ``features (n, F) -> prob_insert (n,)`` in [0, 1]; see :mod:`recsys.feed.policies`.
 Values are discounted with ``gamma``: ``value = mean_s sum_i gamma^i r_{s,i}``, the quantity the sequential OPE
@@ -122,11 +123,12 @@ Policy = Callable[[np.ndarray], np.ndarray]
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """``(user_ids (n,), times_ms (n,), live_ids (m,)) -> scores (n, m)``, higher is better; picks the candidate."""
 
-Estimator = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""``(user_ids (n,), times_ms (n,), live_ids (n,)) -> (p_click (n,), watch_minutes (n,))``: a model's predictions
-for each request's candidate, which replace the truth's in the policy's state (``p_click_hat``, ``watch_hat`` and
-their product ``score_hat``), so that a policy trained here sees what the ranking service will feed it. Outcomes
-(clicks, watch time, exits) still come from the truth."""
+Estimator = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, ...]]
+"""``(user_ids (n,), times_ms (n,), live_ids (n,)) -> (p_click (n,), watch_minutes (n,)[, log_popularity (n,)])``:
+a model's predictions for each request's candidate, which replace the truth's in the policy's state
+(``p_click_hat``, ``watch_hat``, their product ``score_hat``, and ``log_popularity`` when a third array is given),
+so that a policy trained here sees what the ranking service will feed it. Outcomes (clicks, watch time, exits)
+still come from the truth."""
 
 BASE_FEATURES: tuple[str, ...] = (
     "p_click_hat",
@@ -515,9 +517,9 @@ class FeedEnv:
         users: optional user ids whose real sessions form the skeleton (e.g. the evaluation split).
         scorer: optional candidate scorer replacing the truth's logit for picking the top live room
             (:data:`Scorer`); features and outcomes still come from the truth.
-        estimator: optional model predictions (:data:`Estimator`) for the candidate's ``p_click_hat`` and
-            ``watch_hat`` state columns (the served ranker's, so that training matches serving); outcomes still
-            come from the truth.
+        estimator: optional model predictions (:data:`Estimator`) for the candidate's ``p_click_hat``,
+            ``watch_hat`` (and ``log_popularity``) state columns (the served ones, so that training matches
+            serving); outcomes still come from the truth.
         cache_dir: optional Parquet cache for the CSV loads.
         cache_chunks: how many simulated chunks of skeleton to keep in memory (CRN reuse across policies).
 
@@ -746,18 +748,20 @@ class FeedEnv:
                 out[req[ok]] = rows[best[ok]]
         return out
 
-    def _estimate(self, u: np.ndarray, t: np.ndarray, live_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The estimator's (p_click, watch minutes) of user rows ``u`` for their candidates, checked."""
+    def _estimate(self, u: np.ndarray, t: np.ndarray, live_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The estimator's (p_click, watch minutes[, log_popularity]) of user rows ``u`` for their candidates,
+        checked."""
         out = self.estimator(self.user_ids[u], t, live_ids)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError("the estimator must return a (p_click, watch_minutes) pair of arrays")
-        p, w = (np.asarray(a, dtype=np.float64) for a in out)
-        for name, a in (("p_click", p), ("watch_minutes", w)):
+        if not (isinstance(out, tuple) and len(out) in (2, 3)):
+            raise ValueError("the estimator must return a (p_click, watch_minutes[, log_popularity]) tuple of arrays")
+        arrays = tuple(np.asarray(a, dtype=np.float64) for a in out)
+        for name, a in zip(("p_click", "watch_minutes", "log_popularity"), arrays):
             if a.shape != (u.size,) or not np.isfinite(a).all():
                 raise ValueError(f"estimator {name} must be {u.size} finite values, got shape {a.shape}")
+        p, w = arrays[:2]
         if (p < 0).any() or (p > 1).any() or (w < 0).any():
             raise ValueError("estimator p_click must lie in [0, 1] and watch_minutes be >= 0")
-        return p, w
+        return arrays
 
     # ------------------------------------------------------------------------------------------------ CRN draws
     def _uniforms(self, seed: int, kind: int, s0: int, n: int, width: int, per_request: bool = True) -> np.ndarray:
@@ -808,8 +812,12 @@ class FeedEnv:
         remaining = np.clip(remaining, 0.0, cfg.watch_cap_minutes)
         p_hat = np.where(has, _sigmoid(logit), 0.0)
         w_hat = np.where(has, self.expected_watch(logit, remaining), 0.0)
+        log_pop = np.where(has, self._room_log_pop[r], 0.0)
         if self.estimator is not None and has.any():
-            p_hat[has], w_hat[has] = self._estimate(flat_u[has], flat_t[has], self.index.live_id[r[has]])
+            est = self._estimate(flat_u[has], flat_t[has], self.index.live_id[r[has]])
+            p_hat[has], w_hat[has] = est[0], est[1]
+            if len(est) == 3:
+                log_pop[has] = est[2]
         angle = cst_hour_angle(flat_t)
         sk = _Skeleton(
             s0=s0, user_row=u_row, user_id=self.user_ids[u_row], group=group, times=times, gap_min=gap_min,
@@ -821,7 +829,7 @@ class FeedEnv:
             live_id=np.where(has, self.index.live_id[r], 0).reshape(n, H), has=has.reshape(n, H),
             logit=logit.reshape(n, H), remaining_min=remaining.reshape(n, H),
             p_hat=p_hat.reshape(n, H), w_hat=w_hat.reshape(n, H),
-            log_pop=np.where(has, self._room_log_pop[r], 0.0).reshape(n, H),
+            log_pop=log_pop.reshape(n, H),
             hour_sin=np.sin(angle).reshape(n, H), hour_cos=np.cos(angle).reshape(n, H),
         )
         self._cache[key] = sk

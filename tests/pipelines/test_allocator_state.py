@@ -17,6 +17,7 @@ from pipelines.train_ranker import RankerTrainConfig, fit_ranker
 from recsys.cli import main
 from recsys.data.ranking import RankingDataset
 from recsys.feed import FeedEnv, LoggedData, constant, feature_index
+from recsys.timeutil import MS_PER_DAY
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -40,11 +41,18 @@ def test_the_estimator_gives_the_ranker_predictions_of_the_training_features(ran
     rows = np.random.default_rng(1).choice(len(ds.samples), 300, replace=False)
     s = ds.samples[rows]
     est = RankerEstimator(ranker, ds, tiny_data.tables, batch_size=128)  # several batches
-    p, w = est(s["user_id"].to_numpy(), s["timestamp"].to_numpy(), s["live_id"].to_numpy())
+    p, w, pop = est(s["user_id"].to_numpy(), s["timestamp"].to_numpy(), s["live_id"].to_numpy())
     with torch.no_grad():
         want = ranker.predict(to_input(ds.arrays(rows)))
     np.testing.assert_allclose(p, want["click"].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(w, want["watch_s"].numpy() / 60.0, rtol=1e-5, atol=1e-6)
+    # log_popularity: the streamer's clicks in the store's window [t - 1 day - 1 ms, t), counted by brute force
+    clicks = tiny_data.tables["click"]
+    cs, ct = clicks["streamer_id"].to_numpy(), clicks["timestamp"].to_numpy()
+    brute = [np.log1p(np.sum((cs == sid) & (ct >= t - MS_PER_DAY - 1) & (ct < t)))
+             for sid, t in zip(s["streamer_id"].to_numpy(), s["timestamp"].to_numpy())]
+    np.testing.assert_allclose(pop, brute)
+    assert (pop > 0).any()
     with pytest.raises(ValueError, match="live_id 987654321"):
         est(s["user_id"].to_numpy()[:1], s["timestamp"].to_numpy()[:1], np.array([987654321]))
 
@@ -55,9 +63,10 @@ def test_an_export_drives_the_environment_state(export: Path, ranker, tiny_ranki
     in_memory = RankerEstimator(ranker, tiny_ranking, tiny_data.tables)
     lg = FeedEnv(tiny_dir, estimator=from_export).log(constant(0.3), 40, seed=4)
     has = lg.features[:, feature_index("has_candidate")] > 0
-    p, w = in_memory(lg.user_id[has], lg.timestamp[has], lg.live_id[has])
+    p, w, pop = in_memory(lg.user_id[has], lg.timestamp[has], lg.live_id[has])
     np.testing.assert_allclose(lg.features[has, feature_index("p_click_hat")], p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lg.features[has, feature_index("watch_hat")], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lg.features[has, feature_index("log_popularity")], pop)
 
 
 def test_a_ranker_of_another_dataset_is_refused(export: Path, tiny_dir: Path, tmp_path: Path) -> None:
@@ -88,8 +97,8 @@ def test_replay_and_ope_take_the_ranker_state(export: Path, ranker, tiny_ranking
     log = report / "decision_log.parquet"
     logged = LoggedData.read_parquet(log)
     has = logged.features[:, feature_index("has_candidate")] > 0
-    p, _ = RankerEstimator(ranker, tiny_ranking, tiny_data.tables)(logged.user_id[has], logged.timestamp[has],
-                                                                  logged.live_id[has])
+    p, _, _ = RankerEstimator(ranker, tiny_ranking, tiny_data.tables)(logged.user_id[has], logged.timestamp[has],
+                                                                     logged.live_id[has])
     np.testing.assert_allclose(logged.features[has, feature_index("p_click_hat")], p, rtol=1e-5, atol=1e-6)
     assert main(["ope", "--logs", str(log), "--data", str(tiny_dir), "--ranker", str(export),
                  "--out", str(tmp_path / "ope"), *common]) == 0

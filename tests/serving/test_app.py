@@ -184,6 +184,28 @@ def test_every_decision_is_logged_with_its_propensity(client: TestClient, serve_
         assert rec.propensity == pytest.approx(rec.prob_insert if rec.action else 1 - rec.prob_insert)
 
 
+def test_the_allocator_state_holds_the_top_streamers_day_clicks(client: TestClient, serve_config, tiny_data
+                                                                  ) -> None:
+    """``log_popularity`` = log1p of the top room's streamer's clicks in [t - 1 day - 1 ms, t) (what the
+    environment's ranker estimator computes offline), counted here from the click table."""
+    clicks = tiny_data.tables["click"]
+    cs, ct = clicks["streamer_id"].to_numpy(), clicks["timestamp"].to_numpy()
+    rooms = tiny_data.tables["rooms"]
+    streamer_of = dict(zip(rooms["live_id"].to_list(), rooms["streamer_id"].to_list()))
+    ids = [client.post("/v1/recommend", json={"user_id": u, "time_ms": SERVE_TIME}).json()["request_id"]
+           for u in (21, 22, 23, 24)]
+    records = {r.request_id: r for r in read_decisions(serve_config.decision_log)}
+    seen = []
+    for rid in ids:
+        rec = records[rid]
+        x = dict(zip(rec.feature_names, rec.features))
+        sid = streamer_of[rec.live_id]
+        n = int(np.sum((cs == sid) & (ct >= SERVE_TIME - 86_400_000 - 1) & (ct < SERVE_TIME)))
+        assert x["log_popularity"] == pytest.approx(np.log1p(n))
+        seen.append(n)
+    assert max(seen) > 0
+
+
 def test_the_pacer_holds_the_policy_target_and_a_reload_restarts_it(serve_config) -> None:
     """The pacer takes its target from the policy export (trained for 0.3), or from the config; it moves the served
     insert probabilities toward it and shows its offset in /metrics; ``alloc_pacing=False`` serves them unpaced."""

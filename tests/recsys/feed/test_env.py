@@ -323,13 +323,20 @@ def test_an_estimator_replaces_the_truth_in_the_state_and_not_in_the_outcomes(ti
     np.testing.assert_array_equal(lg.reward, truth.reward)
     assert not np.array_equal(lg.features[:, model_cols], truth.features[:, model_cols])
     assert est.describe()["estimator"] and env.describe()["estimator"] is None
+    # a third array replaces log_popularity too
+    with_pop = FeedEnv(tiny_dir, estimator=lambda u, t, ids: (*estimator(u, t, ids), np.log1p(ids % 11)))
+    lp = with_pop.log(constant(0.4), 60, seed=2)
+    pop = feature_index("log_popularity")
+    np.testing.assert_allclose(lp.features[has, pop], np.log1p(lp.live_id[has] % 11))
+    np.testing.assert_array_equal(np.delete(lp.features, pop, axis=1), np.delete(lg.features, pop, axis=1))
 
 
 @pytest.mark.parametrize("bad, match", [
     (lambda u, t, ids: (np.full(ids.size, 0.5), np.ones(ids.size + 1)), "watch_minutes must be"),
     (lambda u, t, ids: (np.full(ids.size, 1.5), np.ones(ids.size)), r"\[0, 1\]"),
     (lambda u, t, ids: (np.full(ids.size, np.nan), np.ones(ids.size)), "finite"),
-    (lambda u, t, ids: np.ones(ids.size), "pair"),
+    (lambda u, t, ids: np.ones(ids.size), "tuple of arrays"),
+    (lambda u, t, ids: (np.full(ids.size, 0.5), np.ones(ids.size), np.ones(ids.size - 1)), "log_popularity must"),
 ])
 def test_a_bad_estimator_is_a_clear_error(tiny_dir: Path, bad, match: str) -> None:
     with pytest.raises(ValueError, match=match):
