@@ -35,6 +35,7 @@ from pipelines.train_retrieval import (
     catalog_sizes,
     fit_retriever,
     retriever_config,
+    score_candidates,
 )
 from recsys.data.loaders import load_kuailive
 from recsys.data.retrieval import RetrievalDataset, build_retrieval_dataset, eval_candidates
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="KuaiLive-format directory (e.g. recsys data synth --scale full)")
     ap.add_argument("--out", required=True, help="JSON result file")
     ap.add_argument("--granularity", choices=("streamer", "room"), default="streamer")
+    ap.add_argument("--model", default="grank", help="another retriever (e.g. two_tower) to train and evaluate on the "
+                    "same targets: keys <model>.<metric>, no sweep")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--k1", type=int, nargs="+", default=[200, 500, 1000, 2000])
     ap.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
@@ -100,7 +103,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ds = build_retrieval_dataset(load_kuailive(args.data), args.granularity)
     res["dataset_s"] = time.perf_counter() - t0
-    cfg = RetrievalTrainConfig(model="grank", granularity=args.granularity, epochs=1, batch_size=256, seed=args.seed,
+    cfg = RetrievalTrainConfig(model=args.model, granularity=args.granularity, epochs=1, batch_size=256, seed=args.seed,
                                max_steps=args.max_steps, eval_every=args.eval_every, patience=2)
     t0 = time.perf_counter()
     if args.weights:
@@ -124,8 +127,12 @@ def main() -> None:
     for lo in range(0, n, EVAL_CHUNK):
         rows = subset[lo: lo + EVAL_CHUNK]
         for pool in (False, True):
-            found = sweep_ranks(model, ds, k1s, args.fusion, *eval_candidates(ds, "test", full_pool=pool, rows=rows),
-                                depths=args.fusion_depths, pop_weights=args.pop_weights)
+            found_in = eval_candidates(ds, "test", full_pool=pool, rows=rows)
+            if args.model == "grank":
+                found = sweep_ranks(model, ds, k1s, args.fusion, *found_in, depths=args.fusion_depths,
+                                    pop_weights=args.pop_weights)
+            else:
+                found = {args.model: _ranks(score_candidates(model, ds, *found_in), found_in[3])}
             for key, r in found.items():
                 ranks[pool].setdefault(key, []).append(r)
     for key in ranks[False]:

@@ -17,7 +17,7 @@ def test_bench_retrieval_reports_the_contract_keys() -> None:
             assert 0.0 <= m[f"{model}.room.ndcg@{k}"] <= m[f"{model}.room.recall@{k}"] <= 1.0
         assert m[f"{model}.room.recall@50"] <= m[f"{model}.room.recall@500"] <= 1.0
     assert m["two_tower.room.train_samples_per_s"] > 0 and m["grank.room.steps"] == 20
-    assert 0.0 <= m["grank.room.generator_recall@2000"] <= 1.0
+    assert 0.0 <= m["grank.room.generator_recall@4000"] <= 1.0
     assert m["grank_vs_two_tower.room.recall@500_rel"] == pytest.approx(
         m["grank.room.recall@500"] / m["two_tower.room.recall@500"] - 1.0)
     assert m["room.mean_live"] > 0 and m["room.test_targets"] > 0
