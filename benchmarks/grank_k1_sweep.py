@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.retrieval.grank import GRank, fuse_scores, standardise_rows
+from models.retrieval.grank import GRank, fuse_scores
 from models.retrieval.inputs import QueryBatch, catalog_tensors
 from models.retrieval.registry import build_retriever
 from pipelines.train_retrieval import (
@@ -70,9 +70,7 @@ def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], fusion: list
             out[f"k1_{k}"].append(_ranks(GRank.place_ranked(gen, v, top[:, :k], rs[:, :k]).numpy(), valid[sl]))
         g, vt = gen.gather(1, top), v.gather(1, top)
         for a, d, w in variants:
-            fused = fuse_scores(rs[:, :d], g[:, :d], vt[:, :d], a)
-            if w:
-                fused = fused + w * standardise_rows(pop[:, :d].double(), vt[:, :d])
+            fused = fuse_scores(rs[:, :d], g[:, :d], vt[:, :d], a, pop[:, :d], w)
             out[key(a, d, w)].append(_ranks(GRank.place_ranked(gen, v, top[:, :d], fused).numpy(), valid[sl]))
     return {k: np.concatenate(r) for k, r in out.items()}
 

@@ -64,6 +64,9 @@ class GRankConfig:
     #: cascade). 0.5 measured best (BENCHMARKS, retrieval): the generator's score keeps in the list the targets the
     #: ranker does not recognise (no past visit, little popularity), which the ranker's order alone pushes down.
     fusion: float | None = 0.5
+    #: weight ``C`` of the candidates' popularity in the fusion: ``+ C * z(log1p(streamer clicks in the last 24 h))``
+    #: (the ranker's ``cand_pop`` input). 0: no popularity term; ignored without ``fusion``.
+    fusion_pop: float = 0.0
 
     def __post_init__(self) -> None:
         if self.short_len > self.long_len:
@@ -74,6 +77,8 @@ class GRankConfig:
             raise ValueError(f"GRank sizes must be positive: {self}")
         if self.fusion is not None and not 0.0 <= self.fusion <= 1.0:
             raise ValueError(f"fusion (the ranker's weight) must lie in [0, 1], got {self.fusion}")
+        if self.fusion_pop < 0:
+            raise ValueError(f"fusion_pop must be >= 0, got {self.fusion_pop}")
 
 
 def standardise_rows(x: Tensor, valid: Tensor) -> Tensor:
@@ -87,10 +92,15 @@ def standardise_rows(x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, (x - mean) / sd, torch.zeros_like(x))
 
 
-def fuse_scores(ranker: Tensor, generator: Tensor, valid: Tensor, weight: float) -> Tensor:
-    """``weight * z(ranker) + (1 - weight) * z(generator)`` for candidates ``[B, K]`` (z: :func:`standardise_rows`
-    over the ``valid`` ones). Both scores are standardised per request, so neither one's scale decides."""
-    return weight * standardise_rows(ranker, valid) + (1.0 - weight) * standardise_rows(generator, valid)
+def fuse_scores(ranker: Tensor, generator: Tensor, valid: Tensor, weight: float, pop: Tensor | None = None,
+                pop_weight: float = 0.0) -> Tensor:
+    """``weight * z(ranker) + (1 - weight) * z(generator) [+ pop_weight * z(pop)]`` for candidates ``[B, K]`` (z:
+    :func:`standardise_rows` over the ``valid`` ones). Every score is standardised per request, so no one's scale
+    decides."""
+    out = weight * standardise_rows(ranker, valid) + (1.0 - weight) * standardise_rows(generator, valid)
+    if pop is not None and pop_weight:
+        out = out + pop_weight * standardise_rows(pop.to(out.dtype), valid)
+    return out
 
 
 def info_nce(scores: Tensor, valid: Tensor, temperature: float) -> Tensor:
@@ -222,14 +232,15 @@ class GRank(nn.Module):
         top = gen.topk(k1, dim=1).indices
         pop = cand_pop.gather(1, top) if cand_pop is not None else None
         rs = self.rank(q, u, cand.gather(1, top), cand_pop=pop).double()
-        return self.place_ranked(gen, valid, top, self.rerank(rs, gen.gather(1, top), valid.gather(1, top)))
+        return self.place_ranked(gen, valid, top, self.rerank(rs, gen.gather(1, top), valid.gather(1, top), pop))
 
-    def rerank(self, ranker: Tensor, generator: Tensor, valid: Tensor) -> Tensor:
+    def rerank(self, ranker: Tensor, generator: Tensor, valid: Tensor, pop: Tensor | None = None) -> Tensor:
         """The scores that order the generator's top candidates ``[B, K]``: the ranker's, or with
-        ``cfg.fusion`` set, their :func:`fuse_scores` with the generator's (the service calls this too)."""
+        ``cfg.fusion`` set, their :func:`fuse_scores` with the generator's and (``cfg.fusion_pop``) the candidates'
+        popularity ``pop`` (the service calls this too)."""
         if self.cfg.fusion is None:
             return ranker
-        return fuse_scores(ranker, generator, valid, self.cfg.fusion)
+        return fuse_scores(ranker, generator, valid, self.cfg.fusion, pop, self.cfg.fusion_pop)
 
     @staticmethod
     def place_ranked(gen: Tensor, valid: Tensor, top: Tensor, rs: Tensor) -> Tensor:

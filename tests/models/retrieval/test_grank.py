@@ -186,6 +186,26 @@ def test_fusion_weights_zero_and_one_give_the_generator_and_the_ranker_order():
         assert all(s[i, gen[i].topk(4).indices].min() > s[i, rest[i]].max() for i in range(3))
 
 
+def test_fusion_pop_orders_the_top_by_popularity_when_it_dominates():
+    q = _query()
+    cand = torch.randint(1, SIZES.n_items, (3, 10))
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    pop = torch.rand(3, 10)
+    m = _model(fusion=0.5, fusion_pop=1e6)
+    gen = torch.einsum("bd,bcd->bc", m.user_vector(q), m.items(cand)).double()
+    s = m.scores(q, cand, valid, pop)
+    for i, order in enumerate(_top_order(s, gen, 4)):
+        assert order == sorted(order, key=lambda c: -float(pop[i, c]))
+    # without fusion the popularity weight is ignored (the cascade's ranker order)
+    cascade = _model(fusion=None, fusion_pop=1e6)
+    cascade.load_state_dict(m.state_dict())
+    plain = _model(fusion=None)
+    plain.load_state_dict(m.state_dict())
+    torch.testing.assert_close(cascade.scores(q, cand, valid, pop), plain.scores(q, cand, valid, pop))
+    with pytest.raises(ValueError, match="fusion_pop"):
+        GRankConfig(fusion_pop=-1.0)
+
+
 def test_fusion_mixes_standardised_scores_and_ignores_invalid_entries():
     r = torch.tensor([[1.0, 2.0, 3.0, 99.0], [5.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
     g = torch.tensor([[30.0, 10.0, 20.0, -99.0], [0.0, 2.0, 4.0, 0.0]], dtype=torch.float64)
@@ -196,6 +216,9 @@ def test_fusion_mixes_standardised_scores_and_ignores_invalid_entries():
     fused = fuse_scores(r, g, valid, 0.5)
     # the scale of either score does not decide: an affine rescaling of one leaves the fusion unchanged
     torch.testing.assert_close(fuse_scores(100 * r + 7, g / 10 - 3, valid, 0.5), fused)
+    pop = torch.tensor([[3.0, 1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(fuse_scores(r, g, valid, 0.5, pop, 0.25),
+                               fused + 0.25 * standardise_rows(pop, valid))
     # row 0: z(ranker) = c * [-1, 0, 1], z(generator) = c * [1, -1, 0] with c = sqrt(1.5)
     torch.testing.assert_close(fused[0, :3], torch.tensor([0.0, -0.5, 0.5], dtype=torch.float64) * 1.5 ** 0.5)
     assert torch.argmax(fuse_scores(r, g, valid, 0.9)[0, :3]) == 2
