@@ -22,7 +22,7 @@ import torch
 
 from models.ranking.inputs import to_input
 from models.ranking.ranker import Ranker
-from recsys.data.features import count_before
+from recsys.data.features import count_window
 from recsys.data.ranking import RankingDataset, build_ranking_dataset
 from recsys.timeutil import MS_PER_DAY
 
@@ -84,10 +84,9 @@ class RankerEstimator:
         return p, w, self.log_popularity(self._room_streamer[pos], samples["timestamp"].to_numpy())
 
     def log_popularity(self, streamer_ids: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """``log1p`` of each streamer's clicks in ``[t - 1 day - 1 ms, t)`` (the store's ``zcount`` window)."""
+        """``log1p`` of each streamer's clicks in ``[t - 1 day - 1 ms, t - 1 ms]`` (the store's ``zcount`` window)."""
         t = np.asarray(times, np.int64)
-        n = (count_before(self._click_streamer, self._click_time, streamer_ids, t)
-             - count_before(self._click_streamer, self._click_time, streamer_ids, t - MS_PER_DAY - 1))
+        n = count_window(self._click_streamer, self._click_time, streamer_ids, t - MS_PER_DAY - 1, t - 1)
         return np.log1p(n.astype(np.float64))
 
 

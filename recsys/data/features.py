@@ -123,6 +123,15 @@ def context_features(samples: pl.DataFrame, rooms: pl.DataFrame) -> pl.DataFrame
     )
 
 
+def count_window(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 values: np.ndarray | None = None) -> np.ndarray:
+    """Count (or sum of ``values``) of events with the same key and lo <= time <= hi (both ends included, as a
+    store's ``zcount``)."""
+    if values is None:
+        return count_before(keys, times, q_keys, hi, inclusive=True) - count_before(keys, times, q_keys, lo)
+    return sum_before(keys, times, values, q_keys, hi, inclusive=True) - sum_before(keys, times, values, q_keys, lo)
+
+
 def last_before(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times: np.ndarray) -> np.ndarray:
     """For each query (key, t): the latest event time with the same key and time < t, or -1 when there is none."""
     ec, qc, qbase = _composite(keys, times, q_keys, q_times)

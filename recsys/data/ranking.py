@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data.builders import attach_oracle, ctr_samples
-from recsys.data.features import context_features, count_before, last_before, sum_before
+from recsys.data.features import context_features, count_before, count_window, last_before, sum_before
 from recsys.data.loaders import KuaiLiveData
 from recsys.data.schema import STREAMER_PROFILE_COLUMNS, TITLE_EMBEDDING_DIM, USER_PROFILE_COLUMNS, VOCABULARIES
 from recsys.timeutil import MS_PER_HOUR, MS_PER_MINUTE
@@ -240,14 +240,6 @@ def age_bucket(age_min: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ per-sample tables
-def _count_window(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                  values: np.ndarray | None = None) -> np.ndarray:
-    """Count (or sum of ``values``) of events with the same key and lo <= time <= hi."""
-    if values is None:
-        return count_before(keys, times, q_keys, hi, inclusive=True) - count_before(keys, times, q_keys, lo)
-    return sum_before(keys, times, values, q_keys, hi, inclusive=True) - sum_before(keys, times, values, q_keys, lo)
-
-
 def _count_recent(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, t: np.ndarray, minutes: int) -> np.ndarray:
     """Events with the same key in [t - minutes, t)."""
     return count_before(keys, times, q_keys, t) - count_before(keys, times, q_keys, t - minutes * MS_PER_MINUTE)
@@ -345,11 +337,11 @@ def task_labels(samples: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.Da
         df = _events(tables, name)
         keys = np.stack([df["user_id"].to_numpy(), df["live_id"].to_numpy()], axis=1)
         et = df["timestamp"].to_numpy()
-        n = _count_window(keys, et, q, st, end)
+        n = count_window(keys, et, q, st, end)
         out[name] = np.where(clicked, (n > 0).astype(np.float64), 0.0)
         if name == "gift":
             price = df["gift_price"].to_numpy() if "gift_price" in df.columns else np.zeros(df.height)
-            value = _count_window(keys, et, q, st, end, values=price)
+            value = count_window(keys, et, q, st, end, values=price)
             out["gift_value"] = np.where(clicked, value, 0.0)
     return pl.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
 
