@@ -455,13 +455,14 @@ def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     if args.logs and not Path(args.logs).is_file():
         raise CliError(f"--logs {args.logs} not found: a Parquet decision log (written by `recsys replay`)", 2)
     options = _json_object("--options", args.options, '{"hidden": 128}')
-    estimator = _ranker_estimator(args, _data_dir(args, cfg))
+    data_dir = _data_dir(args, cfg)
+    estimator = _ranker_estimator(args, data_dir)
     job = importlib.import_module("pipelines.train_allocator")
     tcfg = job.AllocatorTrainConfig(policy=args.policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                     lr_schedule=args.lr_schedule, alloc_target=args.alloc_target, seed=args.seed,
                                     options=options)
     export = Path(args.export or f"runs/allocator/{args.policy}")
-    res = job.train_allocator_job(_data_dir(args, cfg), tcfg, cfg.tracking, n_log_sessions=args.sessions,
+    res = job.train_allocator_job(data_dir, tcfg, cfg.tracking, n_log_sessions=args.sessions,
                                   n_true_sessions=args.true_sessions, logs_path=args.logs, export_dir=export,
                                   estimator=estimator)
     m = res.metrics
@@ -473,7 +474,7 @@ def cmd_train_allocator(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     return 0
 
 
-def _ranker_estimator(args: argparse.Namespace, data_dir: Path) -> Any:
+def _ranker_estimator(args: argparse.Namespace, data_dir: str | Path) -> Any:
     """``--ranker EXPORT``: the environment's state from that ranker's predictions (None without the flag)."""
     if not args.ranker:
         return None
@@ -519,7 +520,7 @@ def cmd_ope(args: argparse.Namespace, cfg: PlatformConfig) -> int:
     res = resolve("pipelines.ope_report:run_ope")(
         args.logs, args.policy, cfg.tracking, args.out, data_dir=args.data, n_boot=args.boot, seed=args.seed,
         n_true_sessions=args.true_sessions, truth_seed=args.truth_seed,
-        estimator=_ranker_estimator(args, Path(args.data)) if args.ranker else None,
+        estimator=_ranker_estimator(args, args.data),
     )
     _print_ope(res)
     return 0

@@ -65,8 +65,9 @@ __all__ = [
 DEFAULT_TOPIC = "decisions"
 KAFKA_SCHEME = "kafka://"
 PROPENSITY_TOL = 1e-6
-REWARD_WINDOW_MS = 30 * 60_000  # a click on the inserted room within this long after the decision is its reward
 """Largest allowed gap between ``propensity`` and the probability of the logged action implied by ``prob_insert``."""
+REWARD_WINDOW_MS = 30 * 60_000
+"""A click on the inserted room within this long after the decision is its reward."""
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _CLICK_COLUMNS = ("user_id", "live_id", "timestamp", "watch_live_time")
