@@ -8,7 +8,9 @@ k1 in one pass. Trains GRank (``--granularity``, streamer by default) with the g
 order over the top K, placed above the rest); with ``--fusion A ...`` also ``fusion_<A>.<metric>``: the generator's
 top ``max(k1)`` ordered by ``A * z(ranker) + (1 - A) * z(generator)`` (scores standardised per request over that
 top), placed above the rest; ``--fusion-depths D ...`` gives ``fusion_<A>@<D>`` over other depths, and
-``--pop-weights C ...`` ``fusion_<A>[@<D>]_pop<C>`` with ``C * z(candidate popularity)`` added.
+``--pop-weights C ...`` ``fusion_<A>[@<D>]_pop<C>`` with ``C * z(candidate popularity)`` added, and
+``fusion_learned`` the model's own weights, fitted on the validation split (by training, or ``--learn-fusion``
+for ``--weights``).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/grank_k1_sweep.py --data /tmp/full --out k1.json --threads 2 \\
         --max-steps 600 --eval-every 0
@@ -25,17 +27,18 @@ import numpy as np
 import torch
 
 from models.retrieval.grank import GRank, fuse_scores
-from models.retrieval.inputs import QueryBatch, catalog_tensors
+from models.retrieval.inputs import catalog_tensors
 from models.retrieval.registry import build_retriever
 from pipelines.train_retrieval import (
     EVAL_CHUNK,
     RetrievalTrainConfig,
     _ranks,
-    candidate_popularity,
     catalog_sizes,
     fit_retriever,
+    learn_fusion,
     retriever_config,
     score_candidates,
+    top_scores,
 )
 from recsys.data.loaders import load_kuailive
 from recsys.data.retrieval import RetrievalDataset, build_retrieval_dataset, eval_candidates
@@ -45,33 +48,27 @@ from recsys.metrics import topk_metrics
 @torch.no_grad()
 def sweep_ranks(model: GRank, ds: RetrievalDataset, k1s: list[int], fusion: list[float], users: np.ndarray,
                 times: np.ndarray, cands: np.ndarray, valid: np.ndarray, batch: int = 128,
-                depths: list[int] | None = None, pop_weights: list[float] = ()) -> dict[str, np.ndarray]:
-    """``{"k1_<K>" | "fusion_<A>[@<D>][_pop<C>]": 1-based rank of the target (column 0)}``, from one ranker pass over
-    the generator's top ``max(k1s + depths)``. Fusion over the top ``D`` of ``depths`` (default ``max(k1s)``, whose
-    keys carry no ``@D``); ``_pop<C>`` adds ``C * z(candidate popularity)`` to the fused score."""
+                depths: list[int] | None = None, pop_weights: list[float] = (), learned: bool = False
+                ) -> dict[str, np.ndarray]:
+    """``{"k1_<K>" | "fusion_<A>[@<D>][_pop<C>]" | "fusion_learned": 1-based rank of the target (column 0)}``, from
+    one ranker pass over the generator's top ``max(k1s + depths)``. Fusion over the top ``D`` of ``depths`` (default
+    ``max(k1s)``, whose keys carry no ``@D``); ``_pop<C>`` adds ``C * z(candidate popularity)`` to the fused score;
+    ``fusion_learned`` uses the model's own fusion weights over the top ``max(k1s)``."""
     depths = depths or [max(k1s)]
-    variants = [(a, d, c) for a in fusion for d in depths for c in (0.0, *pop_weights)]
-
-    def key(a: float, d: int, c: float) -> str:
-        return f"fusion_{a:g}" + ("" if d == max(k1s) else f"@{d}") + (f"_pop{c:g}" if c else "")
-
-    out: dict[str, list[np.ndarray]] = {f"k1_{k}": [] for k in k1s} | {key(*v): [] for v in variants}
-    for i in range(0, users.size, batch):
-        sl = slice(i, i + batch)
-        q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]))
-        c, v = torch.as_tensor(cands[sl]), torch.as_tensor(valid[sl])
-        u = model.user_vector(q)
-        gen = torch.einsum("bd,bcd->bc", u, model.item_vectors(c)).double().masked_fill(~v, float("-inf"))
-        top = gen.topk(min(max(k1s + depths), c.shape[1]), dim=1).indices
-        sub = c.gather(1, top)
-        pop = torch.as_tensor(candidate_popularity(ds, sub.numpy(), times[sl]))
-        rs = model.rank(q, u, sub, cand_pop=pop).double()
+    variants = {("fusion_" + f"{a:g}" + ("" if d == max(k1s) else f"@{d}") + (f"_pop{c:g}" if c else "")):
+                (d, (a, 1.0 - a, c)) for a in fusion for d in depths for c in (0.0, *pop_weights)}
+    if learned:
+        variants["fusion_learned"] = (max(k1s), tuple(model.fusion_weights.tolist()))
+    out: dict[str, list[np.ndarray]] = {f"k1_{k}": [] for k in k1s} | {key: [] for key in variants}
+    for b in top_scores(model, ds, users, times, cands, valid, max(k1s + depths), batch):
+        v = torch.as_tensor(valid[b.rows])
         for k in k1s:
-            out[f"k1_{k}"].append(_ranks(GRank.place_ranked(gen, v, top[:, :k], rs[:, :k]).numpy(), valid[sl]))
-        g, vt = gen.gather(1, top), v.gather(1, top)
-        for a, d, w in variants:
-            fused = fuse_scores(rs[:, :d], g[:, :d], vt[:, :d], a, pop[:, :d], w)
-            out[key(a, d, w)].append(_ranks(GRank.place_ranked(gen, v, top[:, :d], fused).numpy(), valid[sl]))
+            out[f"k1_{k}"].append(_ranks(GRank.place_ranked(b.gen, v, b.top[:, :k], b.ranker[:, :k]).numpy(),
+                                         valid[b.rows]))
+        g, vt = b.gen.gather(1, b.top), v.gather(1, b.top)
+        for key, (d, w) in variants.items():
+            fused = fuse_scores(b.ranker[:, :d], g[:, :d], vt[:, :d], w, b.pop[:, :d])
+            out[key].append(_ranks(GRank.place_ranked(b.gen, v, b.top[:, :d], fused).numpy(), valid[b.rows]))
     return {k: np.concatenate(r) for k, r in out.items()}
 
 
@@ -95,6 +92,9 @@ def main() -> None:
     ap.add_argument("--pop-weights", type=float, nargs="*", default=[],
                     help="also add C * z(candidate popularity) to each fused score")
     ap.add_argument("--max-targets", type=int, default=0, help="evaluate a seeded random subset of the test targets")
+    ap.add_argument("--learn-fusion", action="store_true",
+                    help="fit the fusion weights on the validation split (training does it already; this is for "
+                         "--weights) and report fusion_learned.<metric> over the top max(--k1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     res: dict[str, float] = {}
@@ -114,6 +114,10 @@ def main() -> None:
         if args.save:
             torch.save(model.state_dict(), args.save)
     model.eval()
+    if args.model == "grank" and args.learn_fusion:
+        t0 = time.perf_counter()
+        res.update(learn_fusion(model, ds, "valid", seed=args.seed))
+        res["learn_fusion_s"] = time.perf_counter() - t0
     k1s = sorted(args.k1)
     n_all = ds.eval_sets["test"].targets.height
     subset = np.arange(n_all)
@@ -128,7 +132,8 @@ def main() -> None:
             found_in = eval_candidates(ds, "test", full_pool=pool, rows=rows)
             if args.model == "grank":
                 found = sweep_ranks(model, ds, k1s, args.fusion, *found_in, depths=args.fusion_depths,
-                                    pop_weights=args.pop_weights)
+                                    pop_weights=args.pop_weights,
+                                    learned=args.learn_fusion or getattr(model.cfg, "learn_fusion", False))
             else:
                 found = {args.model: _ranks(score_candidates(model, ds, *found_in), found_in[3])}
             for key, r in found.items():

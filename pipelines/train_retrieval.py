@@ -2,7 +2,8 @@
 
 Training examples are the leave-one-out ``train`` clicks; each anchor is contrasted with ``n_negatives`` items live at
 its own t. Validation NDCG@10 (sampled protocol) drives early stopping, checked every ``eval_every`` steps and at
-every epoch end. The evaluation
+every epoch end. A GRank with score fusion then fits its fusion weights on the validation split
+(:func:`learn_fusion`). The evaluation
 ranks each target among its protocol candidates (10,000 live-at-t negatives, or all of them when fewer) for
 Recall/NDCG@{5,10,20}, and among every item live at t for Recall/NDCG@{50,500}; a GRank with a ranker also reports
 the generator's Recall@k1 (the ceiling of the ranker).
@@ -140,6 +141,83 @@ def generator_hits(model: GRank, ds: RetrievalDataset, users: np.ndarray, times:
     return np.concatenate(hits) if hits else np.zeros(0, bool)
 
 
+@dataclass
+class TopScores:
+    """One batch of requests through GRank's two stages: ``gen [B, C]`` the generator's scores of every candidate
+    (float64, -inf where invalid), ``top [B, D]`` the columns of its top D, ``ranker`` / ``pop`` ``[B, D]`` the
+    ranker's scores and the popularity of those columns."""
+
+    rows: slice
+    gen: torch.Tensor
+    top: torch.Tensor
+    ranker: torch.Tensor
+    pop: torch.Tensor
+
+
+@torch.no_grad()
+def top_scores(model: GRank, ds: RetrievalDataset, users: np.ndarray, times: np.ndarray, cands: np.ndarray,
+               valid: np.ndarray, depth: int, batch_size: int = 128):
+    """Yield :class:`TopScores` per batch of requests: the generator over every candidate, the ranker over its top
+    ``depth`` (float64 scores, on the CPU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    for i in range(0, users.size, batch_size):
+        sl = slice(i, i + batch_size)
+        q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
+        c, v = torch.as_tensor(cands[sl], device=device), torch.as_tensor(valid[sl], device=device)
+        u = model.user_vector(q)
+        gen = torch.einsum("bd,bcd->bc", u, model.item_vectors(c)).double().masked_fill(~v, float("-inf"))
+        top = gen.topk(min(depth, c.shape[1]), dim=1).indices
+        sub = c.gather(1, top)
+        pop = torch.as_tensor(candidate_popularity(ds, sub.cpu().numpy(), times[sl]), device=device)
+        rs = model.rank(q, u, sub, cand_pop=pop).double()
+        yield TopScores(sl, gen.cpu(), top.cpu(), rs.cpu(), pop.cpu())
+
+
+def learns_fusion(model: torch.nn.Module | None) -> bool:
+    """Whether training ends by fitting the model's fusion weights: a GRank with a ranker, score fusion on and
+    ``learn_fusion`` set."""
+    return (isinstance(model, GRank) and model.ranker is not None and model.cfg.fusion is not None
+            and model.cfg.learn_fusion)
+
+
+def learn_fusion(model: GRank, ds: RetrievalDataset, split: str = "valid", max_targets: int = 4096, seed: int = 0,
+                 batch_size: int = 128) -> dict[str, float]:
+    """Fit GRank's fusion weights on ``split`` and set them (:func:`~models.retrieval.grank.fit_fusion_weights`):
+    up to ``max_targets`` of its targets (seeded), each among every item live at its t, through the generator's
+    top ``k1`` (targets outside it cannot move and are left out). Returns the weights and how many targets fitted
+    them; with no target inside any top k1 the weights stay as they were."""
+    from models.retrieval.grank import fit_fusion_weights, fusion_features
+
+    n = ds.eval_sets[split].targets.height
+    rows = np.arange(n)
+    if 0 < max_targets < n:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_targets, replace=False))
+    feats, valids, targets = [], [], []
+    for lo in range(0, rows.size, EVAL_CHUNK):
+        found = eval_candidates(ds, split, full_pool=True, rows=rows[lo: lo + EVAL_CHUNK])
+        valid = found[3]
+        for b in top_scores(model, ds, *found, depth=model.cfg.k1, batch_size=batch_size):
+            vt = torch.as_tensor(valid[b.rows]).gather(1, b.top)
+            inside = ((b.top == 0) & vt).any(1)
+            feats.append(fusion_features(b.ranker, b.gen.gather(1, b.top), vt, b.pop)[inside].float())
+            valids.append(vt[inside])
+            targets.append((b.top[inside] == 0).long().argmax(1))
+    out = {"fusion_targets": float(sum(t.numel() for t in targets)), "fusion_requests": float(rows.size)}
+    if out["fusion_targets"]:
+        width = max(f.shape[1] for f in feats)  # the last chunks may have fewer live items
+
+        def pad(x: torch.Tensor, value: float | bool) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1]) if x.ndim == 3 else
+                                           (0, width - x.shape[1]), value=value)
+
+        w = fit_fusion_weights(torch.cat([pad(f, 0.0) for f in feats]), torch.cat([pad(v, False) for v in valids]),
+                               torch.cat(targets), init=model.fusion_weights.cpu())
+        model.set_fusion_weights(w)
+    w = model.fusion_weights.tolist()
+    return out | {"fusion_w_ranker": w[0], "fusion_w_generator": w[1], "fusion_w_pop": w[2]}
+
+
 #: Targets scored per chunk by :func:`evaluate_retriever`: bounds its memory (at full scale a split is 23,771
 #: targets x about 13,000 live items; all at once did not fit in 24 GiB). A multiple of the scoring batch size
 #: keeps the batches, and so the scores, the same as one pass over everything.
@@ -246,6 +324,8 @@ def fit_retriever(ds: RetrievalDataset, cfg: RetrievalTrainConfig, on_eval=None)
         model.load_state_dict(best_state)
     metrics = {"train_samples_per_s": seen / max(train_time, 1e-9), "steps": float(step),
                "best_valid_ndcg@10": best, "params": float(sum(p.numel() for p in model.parameters()))}
+    if learns_fusion(model):
+        metrics.update(learn_fusion(model, ds, "valid", seed=cfg.seed, batch_size=cfg.eval_batch_size))
     return RetrievalTrainResult(model=model, metrics=metrics, history=history)
 
 
@@ -366,5 +446,6 @@ def load_retrieval_dataset(data_dir: str | Path, granularity: str = "streamer", 
     return build_retrieval_dataset(load_kuailive(Path(data_dir), cache_dir=cache_dir), granularity, **kwargs)
 
 
-__all__ = ["RetrievalTrainConfig", "RetrievalTrainResult", "RetrieverConfig", "evaluate_retriever", "fit_retriever",
+__all__ = ["RetrievalTrainConfig", "RetrievalTrainResult", "RetrieverConfig", "TopScores", "evaluate_retriever",
+           "fit_retriever", "learn_fusion", "learns_fusion", "top_scores",
            "export_retriever", "load_retrieval_dataset", "score_candidates", "set_alias", "train_retrieval"]

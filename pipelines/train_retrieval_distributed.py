@@ -244,6 +244,8 @@ def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = 
         catalog_sizes,
         evaluate_retriever,
         export_retriever,
+        learn_fusion,
+        learns_fusion,
         load_retrieval_dataset,
         retriever_config,
     )
@@ -338,6 +340,8 @@ def train_retrieval_distributed(cfg: DistRetrievalConfig, env: DistEnv | None = 
             summary.update({"check_users": users.tolist(), "check_times": times.tolist(), "user_vectors": vectors})
             metrics = {"final_loss": losses[-1], "steps": float(len(batches)), "samples_per_s": sps,
                        "world_size": float(world), "params": float(n_params)}
+            if learns_fusion(model):
+                metrics.update(learn_fusion(model, ds, "valid", seed=cfg.seed))
             if cfg.evaluate:
                 test = evaluate_retriever(model, ds, "test")
                 metrics.update({f"test.{k}": v for k, v in test.items()})

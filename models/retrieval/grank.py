@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from recsys.data.ranking import N_GAP_BUCKETS
 from models.retrieval.inputs import CatalogSizes, QueryBatch
 from models.retrieval.layers import DecomposedLayer, HistoryEncoder, ItemEncoder, QueryEncoder
+from recsys.data.ranking import N_GAP_BUCKETS
 
 
 @dataclass
@@ -67,6 +67,10 @@ class GRankConfig:
     #: weight ``C`` of the candidates' popularity in the fusion: ``+ C * z(log1p(streamer clicks in the last 24 h))``
     #: (the ranker's ``cand_pop`` input). 0: no popularity term; ignored without ``fusion``.
     fusion_pop: float = 0.0
+    #: after training, replace the fusion weights ``(A, 1 - A, C)`` by the ones that maximise the likelihood of the
+    #: validation targets among the generator's top k1 (:func:`fit_fusion_weights`, done by the trainer); the
+    #: weights above are then only its starting point and the validation checks' weights during training.
+    learn_fusion: bool = True
 
     def __post_init__(self) -> None:
         if self.short_len > self.long_len:
@@ -92,15 +96,55 @@ def standardise_rows(x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, (x - mean) / sd, torch.zeros_like(x))
 
 
-def fuse_scores(ranker: Tensor, generator: Tensor, valid: Tensor, weight: float, pop: Tensor | None = None,
-                pop_weight: float = 0.0) -> Tensor:
-    """``weight * z(ranker) + (1 - weight) * z(generator) [+ pop_weight * z(pop)]`` for candidates ``[B, K]`` (z:
-    :func:`standardise_rows` over the ``valid`` ones). Every score is standardised per request, so no one's scale
-    decides."""
-    out = weight * standardise_rows(ranker, valid) + (1.0 - weight) * standardise_rows(generator, valid)
-    if pop is not None and pop_weight:
-        out = out + pop_weight * standardise_rows(pop.to(out.dtype), valid)
-    return out
+def fusion_features(ranker: Tensor, generator: Tensor, valid: Tensor, pop: Tensor | None = None) -> Tensor:
+    """The per-request z-scores (:func:`standardise_rows` over the ``valid`` candidates) that the fusion weighs:
+    ``[B, K, 3]`` = ranker, generator, popularity (zeros without ``pop``), for candidates ``[B, K]``. Each score is
+    standardised per request, so no one's scale decides."""
+    z_pop = torch.zeros_like(ranker) if pop is None else standardise_rows(pop.to(ranker.dtype), valid)
+    return torch.stack([standardise_rows(ranker, valid), standardise_rows(generator.to(ranker.dtype), valid), z_pop],
+                       dim=-1)
+
+
+def fuse_scores(ranker: Tensor, generator: Tensor, valid: Tensor, weights: Tensor | tuple[float, float, float],
+                pop: Tensor | None = None) -> Tensor:
+    """``w_r * z(ranker) + w_g * z(generator) + w_p * z(pop)`` for candidates ``[B, K]`` (see
+    :func:`fusion_features`); ``weights = (w_r, w_g, w_p)``. ``(A, 1 - A, C)`` is the hand-set fusion of
+    :class:`GRankConfig`."""
+    x = fusion_features(ranker, generator, valid, pop)
+    return x @ torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+
+
+def fit_fusion_weights(features: Tensor, valid: Tensor, target: Tensor, init: Tensor | tuple[float, float, float],
+                       l2: float = 1e-3, max_iter: int = 200) -> Tensor:
+    """The fusion weights ``[3]`` that maximise the likelihood of each request's target among its candidates:
+    a conditional logit ``softmax_k(features[i, k] @ w)`` over the ``valid`` candidates, fitted by L-BFGS from
+    ``init`` with an L2 penalty ``l2 * |w|^2`` (the scale of ``w`` is the softmax's temperature, so it is free).
+
+    ``features [N, K, 3]`` from :func:`fusion_features`, ``valid [N, K]`` bool, ``target [N]`` the target's column
+    (each row's target must be a valid candidate). Only the direction of ``w`` changes an order.
+    """
+    if features.ndim != 3 or features.shape[:2] != valid.shape or target.shape != features.shape[:1]:
+        raise ValueError(f"features [N, K, F], valid [N, K] and target [N] do not match: {tuple(features.shape)}, "
+                         f"{tuple(valid.shape)}, {tuple(target.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError("fit_fusion_weights needs at least one request")
+    if not bool(valid.gather(1, target[:, None]).all()):
+        raise ValueError("every request's target must be one of its valid candidates")
+    x = features.double()
+    w = torch.as_tensor(init, dtype=torch.float64).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = (x @ w).masked_fill(~valid, float("-inf"))
+        nll = (torch.logsumexp(logits, dim=1) - logits.gather(1, target[:, None]).squeeze(1)).mean()
+        loss = nll + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().float()
 
 
 def info_nce(scores: Tensor, valid: Tensor, temperature: float) -> Tensor:
@@ -171,6 +215,22 @@ class GRank(nn.Module):
         self.aux_proj = nn.Linear(d, d, bias=False) if cfg.aux else None
         self.long_history = HistoryEncoder(d) if cfg.ranker else None
         self.ranker = CrossAttentionRanker(d) if cfg.ranker else None
+        #: (ranker, generator, popularity) weights of the score fusion: the config's (A, 1 - A, C) until
+        #: :meth:`set_fusion_weights` (the trainer's :func:`fit_fusion_weights`); saved with the state.
+        fusion = cfg.fusion if cfg.fusion is not None else 1.0
+        self.register_buffer("fusion_weights", torch.tensor([fusion, 1.0 - fusion, cfg.fusion_pop]))
+        self.register_load_state_dict_pre_hook(self._fixed_fusion_if_absent)
+
+    def _fixed_fusion_if_absent(self, module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+        """A state saved before the fusion weights were learned has none: it loads with the config's weights."""
+        state_dict.setdefault(prefix + "fusion_weights", self.fusion_weights.clone())
+
+    def set_fusion_weights(self, weights: Tensor) -> None:
+        """Replace the (ranker, generator, popularity) fusion weights ``[3]`` (finite)."""
+        weights = torch.as_tensor(weights, dtype=self.fusion_weights.dtype)
+        if weights.shape != (3,) or not bool(torch.isfinite(weights).all()):
+            raise ValueError(f"fusion weights must be 3 finite numbers, got {weights}")
+        self.fusion_weights.copy_(weights)
 
     # ---------------------------------------------------------------------------------------------- generator
     def _sequence(self, q: QueryBatch) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor]:
@@ -236,11 +296,11 @@ class GRank(nn.Module):
 
     def rerank(self, ranker: Tensor, generator: Tensor, valid: Tensor, pop: Tensor | None = None) -> Tensor:
         """The scores that order the generator's top candidates ``[B, K]``: the ranker's, or with
-        ``cfg.fusion`` set, their :func:`fuse_scores` with the generator's and (``cfg.fusion_pop``) the candidates'
-        popularity ``pop`` (the service calls this too)."""
+        ``cfg.fusion`` set, their :func:`fuse_scores` with the generator's and the candidates' popularity ``pop``
+        under :attr:`fusion_weights` (the service calls this too)."""
         if self.cfg.fusion is None:
             return ranker
-        return fuse_scores(ranker, generator, valid, self.cfg.fusion, pop, self.cfg.fusion_pop)
+        return fuse_scores(ranker, generator, valid, self.fusion_weights, pop)
 
     @staticmethod
     def place_ranked(gen: Tensor, valid: Tensor, top: Tensor, rs: Tensor) -> Tensor:
@@ -294,4 +354,5 @@ class GRank(nn.Module):
         return torch.cat([zero, hard, rest], dim=1)
 
 
-__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "fuse_scores", "info_nce", "standardise_rows"]
+__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "fit_fusion_weights", "fuse_scores", "fusion_features",
+           "info_nce", "standardise_rows"]

@@ -3,6 +3,7 @@ the MLflow registry round trip."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -16,8 +17,10 @@ from pipelines.train_retrieval import (
     RetrievalTrainConfig,
     evaluate_retriever,
     fit_retriever,
+    generator_hits,
     retrieve_live,
     score_candidates,
+    top_scores,
     train_retrieval,
 )
 from recsys.config import TrackingConfig
@@ -52,12 +55,46 @@ def test_fit_retriever_learns_and_restores_the_best_check(ds, trained) -> None:
         assert 0.0 <= h["valid_ndcg@10"] <= h["valid_recall@10"] <= 1.0
         assert all(math.isfinite(h[f"train_{k}"]) for k in ("ntp", "sa", "ca", "loss"))
     assert trained.metrics["best_valid_ndcg@10"] == max(h["valid_ndcg@10"] for h in hist)
-    valid = evaluate_retriever(trained.model, ds, "valid", full_pool=False)
+    restored = copy.deepcopy(trained.model)
+    restored.set_fusion_weights(torch.tensor([0.5, 0.5, 0.0]))  # the checks' weights; training then learned others
+    valid = evaluate_retriever(restored, ds, "valid", full_pool=False)
     assert valid["ndcg@10"] == pytest.approx(trained.metrics["best_valid_ndcg@10"], abs=1e-12)
     test = evaluate_retriever(trained.model, ds, "test")
     assert test["recall@500"] >= test["recall@50"] >= 0.0
     assert 0.0 <= test["generator_recall@20"] <= 1.0
     assert test["n"] == ds.eval_sets["test"].targets.height
+
+
+def test_training_fits_the_fusion_weights_on_the_validation_targets_inside_the_generator_top(ds, trained) -> None:
+    """The trainer's last step: the fusion weights that maximise the likelihood of the validation targets among the
+    generator's top k1, fitted on exactly the targets inside that top, better on that likelihood than the config's
+    weights."""
+    from models.retrieval.grank import fusion_features
+
+    m, model = trained.metrics, trained.model
+    w = model.fusion_weights.tolist()
+    assert [m["fusion_w_ranker"], m["fusion_w_generator"], m["fusion_w_pop"]] == pytest.approx(w)
+    assert w != pytest.approx([0.5, 0.5, 0.0], abs=1e-3)
+    found = eval_candidates(ds, "valid", full_pool=True)
+    assert m["fusion_requests"] == ds.eval_sets["valid"].targets.height
+    assert m["fusion_targets"] == generator_hits(model, ds, *found).sum() > 0
+
+    def nll(weights: torch.Tensor) -> float:
+        total, count = 0.0, 0
+        for b in top_scores(model, ds, *found, depth=model.cfg.k1):
+            vt = torch.as_tensor(found[3][b.rows]).gather(1, b.top)
+            inside = ((b.top == 0) & vt).any(1)
+            x = fusion_features(b.ranker, b.gen.gather(1, b.top), vt, b.pop)[inside]
+            logits = (x @ weights.double()).masked_fill(~vt[inside], float("-inf"))
+            t = (b.top[inside] == 0).long().argmax(1)
+            total += float((torch.logsumexp(logits, 1) - logits.gather(1, t[:, None]).squeeze(1)).sum())
+            count += int(inside.sum())
+        return total / count
+
+    assert nll(model.fusion_weights) < nll(torch.tensor([0.5, 0.5, 0.0]))
+    fixed = fit_retriever(ds, _cfg(max_steps=15, overrides={**SMALL, "learn_fusion": False}))
+    assert fixed.model.fusion_weights.tolist() == pytest.approx([0.5, 0.5, 0.0]) and "fusion_targets" not in \
+        fixed.metrics
 
 
 def test_evaluation_in_chunks_equals_one_pass(ds, trained) -> None:

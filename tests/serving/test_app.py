@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from recsys.feed.decision_log import read_decisions
@@ -99,8 +100,8 @@ def test_health_ready_and_openapi(client: TestClient) -> None:
 
 
 def test_the_ranker_stage_fuses_the_mips_scores_when_the_model_says_so(client: TestClient) -> None:
-    """With ``fusion = 0`` the GRank ranker stage keeps the MIPS order, so the k2 rooms passed on are MIPS's top k2;
-    with ``fusion = 1`` they are the ranker's top k2."""
+    """With fusion weights (0, 1, 0) the GRank ranker stage keeps the MIPS order, so the k2 rooms passed on are
+    MIPS's top k2; with (1, 0, 0) they are the ranker's top k2."""
     rec = client.app.state.service.recommender
     model, catalog = rec.bundle.retriever.model, rec.bundle.catalog
     found: list = []
@@ -111,10 +112,10 @@ def test_the_ranker_stage_fuses_the_mips_scores_when_the_model_says_so(client: T
         return found
 
     k2 = rec.cfg.k2
-    catalog.search, saved = spy, model.cfg.fusion
+    catalog.search, saved = spy, model.fusion_weights.clone()
     try:
         for weight in (0.0, 1.0):
-            model.cfg.fusion = weight
+            model.set_fusion_weights(torch.tensor([weight, 1.0 - weight, 0.0]))
             body = client.post("/v1/recommend", json={"user_id": 5, "k": k2, "time_ms": SERVE_TIME}).json()
             rows, mips, rooms = found[0]
             assert len(rooms) > k2
@@ -124,7 +125,8 @@ def test_the_ranker_stage_fuses_the_mips_scores_when_the_model_says_so(client: T
             else:
                 assert {it["live_id"] for it in body["items"]} != expected  # the ranker reorders the candidates
     finally:
-        catalog.search, model.cfg.fusion = search, saved
+        catalog.search = search
+        model.set_fusion_weights(saved)
 
 
 def test_reload_needs_the_token(client: TestClient) -> None:

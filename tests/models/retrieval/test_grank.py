@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from models.retrieval.grank import GRank, GRankConfig, fuse_scores, info_nce, standardise_rows
+from models.retrieval.grank import (
+    GRank,
+    GRankConfig,
+    fit_fusion_weights,
+    fuse_scores,
+    fusion_features,
+    info_nce,
+    standardise_rows,
+)
 from models.retrieval.inputs import CatalogSizes, QueryBatch
 from models.retrieval.layers import DecomposedLayer
 from models.retrieval.registry import ALL_RETRIEVERS, NON_PARAMETRIC, RETRIEVERS, RetrieverConfig, build_retriever
@@ -179,7 +187,8 @@ def test_fusion_weights_zero_and_one_give_the_generator_and_the_ranker_order():
     gen = torch.einsum("bd,bcd->bc", cascade.user_vector(q), cascade.items(cand)).double()
     for weight, reference in ((0.0, gen), (1.0, cascade.scores(q, cand, valid))):
         fused = _model(fusion=weight)
-        fused.load_state_dict(cascade.state_dict())
+        fused.load_state_dict(cascade.state_dict())  # the state carries the cascade's weights (1, 0, 0) ...
+        fused.set_fusion_weights(torch.tensor([weight, 1.0 - weight, 0.0]))  # ... replaced by this test's
         s = fused.scores(q, cand, valid)
         assert _top_order(s, gen, 4) == _top_order(reference, gen, 4)
         rest = [[j for j in range(10) if j not in set(gen[i].topk(4).indices.tolist())] for i in range(3)]
@@ -213,18 +222,69 @@ def test_fusion_mixes_standardised_scores_and_ignores_invalid_entries():
     z = standardise_rows(r, valid)
     torch.testing.assert_close(z[0, :3], torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64) * 1.5 ** 0.5)
     assert z[0, 3] == 0 and z[1, 3] == 0
-    fused = fuse_scores(r, g, valid, 0.5)
+    fused = fuse_scores(r, g, valid, (0.5, 0.5, 0.0))
     # the scale of either score does not decide: an affine rescaling of one leaves the fusion unchanged
-    torch.testing.assert_close(fuse_scores(100 * r + 7, g / 10 - 3, valid, 0.5), fused)
+    torch.testing.assert_close(fuse_scores(100 * r + 7, g / 10 - 3, valid, (0.5, 0.5, 0.0)), fused)
     pop = torch.tensor([[3.0, 1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
-    torch.testing.assert_close(fuse_scores(r, g, valid, 0.5, pop, 0.25),
+    torch.testing.assert_close(fuse_scores(r, g, valid, (0.5, 0.5, 0.25), pop),
                                fused + 0.25 * standardise_rows(pop, valid))
     # row 0: z(ranker) = c * [-1, 0, 1], z(generator) = c * [1, -1, 0] with c = sqrt(1.5)
     torch.testing.assert_close(fused[0, :3], torch.tensor([0.0, -0.5, 0.5], dtype=torch.float64) * 1.5 ** 0.5)
-    assert torch.argmax(fuse_scores(r, g, valid, 0.9)[0, :3]) == 2
-    assert torch.argmax(fuse_scores(r, g, valid, 0.1)[0, :3]) == 0
+    assert torch.argmax(fuse_scores(r, g, valid, (0.9, 0.1, 0.0))[0, :3]) == 2
+    assert torch.argmax(fuse_scores(r, g, valid, (0.1, 0.9, 0.0))[0, :3]) == 0
     with pytest.raises(ValueError, match="fusion"):
         GRankConfig(fusion=1.5)
+
+
+def test_fit_fusion_weights_recovers_the_weights_that_drew_the_targets():
+    # targets drawn from softmax(features @ w): the maximum-likelihood fit finds w back
+    g = torch.Generator().manual_seed(0)
+    n, k = 4000, 30
+    valid = torch.rand(n, k, generator=g) < 0.9
+    valid[:, 0] = True
+    x = fusion_features(torch.randn(n, k, generator=g, dtype=torch.float64),
+                        torch.randn(n, k, generator=g, dtype=torch.float64), valid,
+                        torch.randn(n, k, generator=g, dtype=torch.float64))
+    w_true = torch.tensor([1.5, 0.8, -0.4], dtype=torch.float64)
+    probs = torch.softmax((x @ w_true).masked_fill(~valid, float("-inf")), dim=1)
+    target = torch.multinomial(probs, 1, generator=g).squeeze(1)
+    w = fit_fusion_weights(x, valid, target, init=(0.5, 0.5, 0.0), l2=0.0)
+    torch.testing.assert_close(w.double(), w_true, atol=0.12, rtol=0.0)
+    # the fit is better than its starting point on the likelihood it maximises
+    def nll(weights):
+        logits = (x @ torch.as_tensor(weights, dtype=x.dtype)).masked_fill(~valid, float("-inf"))
+        return float((torch.logsumexp(logits, 1) - logits.gather(1, target[:, None]).squeeze(1)).mean())
+    assert nll(w) < nll((0.5, 0.5, 0.0)) - 0.05
+    with pytest.raises(ValueError, match="target"):
+        fit_fusion_weights(x, valid & (torch.arange(k) != 0), torch.zeros(n, dtype=torch.long), (0.5, 0.5, 0.0))
+    with pytest.raises(ValueError, match="match"):
+        fit_fusion_weights(x[:, :5], valid, target, (0.5, 0.5, 0.0))
+
+
+def test_fusion_weights_order_the_top_are_saved_and_an_older_state_loads_with_the_config_weights():
+    q = _query()
+    cand = torch.randint(1, SIZES.n_items, (3, 10))
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    m = _model(fusion=0.5, fusion_pop=0.25)
+    torch.testing.assert_close(m.fusion_weights, torch.tensor([0.5, 0.5, 0.25]))
+    gen = torch.einsum("bd,bcd->bc", m.user_vector(q), m.items(cand)).double()
+    as_configured = m.scores(q, cand, valid)
+    m.set_fusion_weights(torch.tensor([0.0, 1.0, 0.0]))  # the generator's order alone
+    assert _top_order(m.scores(q, cand, valid), gen, 4) == [gen[i].topk(4).indices.tolist() for i in range(3)]
+    state = m.state_dict()
+    assert "fusion_weights" in state
+    again = _model(fusion=0.5, fusion_pop=0.25)
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.fusion_weights, torch.tensor([0.0, 1.0, 0.0]))
+    older = {key: v for key, v in state.items() if key != "fusion_weights"}
+    before = _model(fusion=0.5, fusion_pop=0.25)
+    before.load_state_dict(older)  # a state saved before the weights were learned
+    torch.testing.assert_close(before.fusion_weights, torch.tensor([0.5, 0.5, 0.25]))
+    torch.testing.assert_close(before.scores(q, cand, valid), as_configured)
+    with pytest.raises(ValueError, match="3 finite"):
+        m.set_fusion_weights(torch.tensor([1.0, float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="3 finite"):
+        m.set_fusion_weights(torch.tensor([1.0, 0.0]))
 
 
 def test_without_a_ranker_the_scores_are_the_mips_scores():
