@@ -61,8 +61,9 @@ class GRankConfig:
     k1: int = 4000
     #: score fusion: the ranker's weight ``A`` in ``A * z(ranker) + (1 - A) * z(generator)``, which orders the
     #: generator's top k1 (z: standardised per request over that top). None: the ranker's order alone (the paper's
-    #: cascade). 0.5 measured best (BENCHMARKS, retrieval): the generator's score keeps in the list the targets the
-    #: ranker does not recognise (no past visit, little popularity), which the ranker's order alone pushes down.
+    #: cascade). The generator's score keeps in the list the targets the ranker does not recognise (no past visit,
+    #: little popularity), which the ranker's order alone pushes down (BENCHMARKS, retrieval). With
+    #: ``learn_fusion`` (the default) this is only the starting point of the weights fitted after training.
     fusion: float | None = 0.5
     #: weight ``C`` of the candidates' popularity in the fusion: ``+ C * z(log1p(streamer clicks in the last 24 h))``
     #: (the ranker's ``cand_pop`` input). 0: no popularity term; ignored without ``fusion``.
