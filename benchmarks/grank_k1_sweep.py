@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--options", default="{}", help="JSON overrides of the model config, e.g. '{\"weight_sa\": 0.3}'")
     ap.add_argument("--weights", help="a GRank state_dict to evaluate instead of training one")
     ap.add_argument("--save", help="write the trained model's state_dict here")
     ap.add_argument("--fusion", type=float, nargs="*", default=[], help="ranker weights A of the score fusion")
@@ -102,7 +103,8 @@ def main() -> None:
     ds = build_retrieval_dataset(load_kuailive(args.data), args.granularity)
     res["dataset_s"] = time.perf_counter() - t0
     cfg = RetrievalTrainConfig(model=args.model, granularity=args.granularity, epochs=1, batch_size=256, seed=args.seed,
-                               max_steps=args.max_steps, eval_every=args.eval_every, patience=2)
+                               max_steps=args.max_steps, eval_every=args.eval_every, patience=2,
+                               overrides=json.loads(args.options))
     t0 = time.perf_counter()
     if args.weights:
         model = build_retriever(catalog_sizes(ds), retriever_config(ds, cfg), catalog_tensors(ds.catalog))
