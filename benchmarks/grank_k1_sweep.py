@@ -36,6 +36,7 @@ from pipelines.train_retrieval import (
     catalog_sizes,
     fit_retriever,
     learn_fusion,
+    learns_fusion,
     retriever_config,
     score_candidates,
     top_scores,
@@ -135,7 +136,7 @@ def main() -> None:
             if args.model == "grank":
                 found = sweep_ranks(model, ds, k1s, args.fusion, *found_in, depths=args.fusion_depths,
                                     pop_weights=args.pop_weights,
-                                    learned=args.learn_fusion or getattr(model.cfg, "learn_fusion", False))
+                                    learned=args.learn_fusion or (args.weights is None and learns_fusion(model)))
             else:
                 found = {args.model: _ranks(score_candidates(model, ds, *found_in), found_in[3])}
             for key, r in found.items():

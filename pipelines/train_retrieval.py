@@ -135,9 +135,9 @@ def generator_hits(model: GRank, ds: RetrievalDataset, users: np.ndarray, times:
     for i in range(0, users.size, batch_size):
         sl = slice(i, i + batch_size)
         q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
-        e = model.item_vectors(torch.as_tensor(cands[sl], device=device))
-        s = torch.einsum("bd,bcd->bc", model.user_vector(q), e).double().cpu().numpy()
-        hits.append(_ranks(np.where(valid[sl], s, -np.inf), valid[sl]) <= model.cfg.k1)
+        s = model.generator_scores(model.user_vector(q), torch.as_tensor(cands[sl], device=device),
+                                   torch.as_tensor(valid[sl], device=device)).cpu().numpy()
+        hits.append(_ranks(s, valid[sl]) <= model.cfg.k1)
     return np.concatenate(hits) if hits else np.zeros(0, bool)
 
 
@@ -166,7 +166,7 @@ def top_scores(model: GRank, ds: RetrievalDataset, users: np.ndarray, times: np.
         q = QueryBatch.from_arrays(ds.query(users[sl], times[sl]), device)
         c, v = torch.as_tensor(cands[sl], device=device), torch.as_tensor(valid[sl], device=device)
         u = model.user_vector(q)
-        gen = torch.einsum("bd,bcd->bc", u, model.item_vectors(c)).double().masked_fill(~v, float("-inf"))
+        gen = model.generator_scores(u, c, v)
         top = gen.topk(min(depth, c.shape[1]), dim=1).indices
         sub = c.gather(1, top)
         pop = torch.as_tensor(candidate_popularity(ds, sub.cpu().numpy(), times[sl]), device=device)

@@ -134,12 +134,11 @@ class Recommender:
                 if clicks is not None:
                     pop[i, :n] = np.log1p(clicks)
                     j.day_clicks = {r.streamer_id: int(c) for r, c in zip(j.rooms, clicks)}
-            ranked = model.rank(q, u, torch.as_tensor(cand, device=b.device),
-                                cand_pop=torch.as_tensor(pop, device=b.device))
+            pop_t = torch.as_tensor(pop, device=b.device)
+            ranked = model.rank(q, u, torch.as_tensor(cand, device=b.device), cand_pop=pop_t)
             # the generator's MIPS scores (and the popularity) take part when the model fuses them (cfg.fusion)
             scores = model.rerank(ranked, torch.as_tensor(gen, device=b.device),
-                                  torch.as_tensor(valid, device=b.device),
-                                  torch.as_tensor(pop, device=b.device)).float().cpu().numpy()
+                                  torch.as_tensor(valid, device=b.device), pop_t).float().cpu().numpy()
             for i, j in enumerate(jobs):
                 j.scores = scores[i, :len(j.rooms)]
         for j in jobs:

@@ -262,6 +262,11 @@ class GRank(nn.Module):
         """The serving user vector ``[B, d]`` (no candidate tokens)."""
         return self._sequence(q)[0]
 
+    def generator_scores(self, user: Tensor, cand: Tensor, valid: Tensor) -> Tensor:
+        """The MIPS scores ``<u, e_c>`` ``[B, C]`` of candidate rows for user vectors ``[B, d]`` (float64, -inf where
+        ``valid`` is False)."""
+        return torch.einsum("bd,bcd->bc", user, self.items(cand)).double().masked_fill(~valid, float("-inf"))
+
     def item_vectors(self, rows: Tensor) -> Tensor:
         """Item vectors ``[..., d]`` for MIPS (the same vectors the NTP loss scores)."""
         return self.items(rows)
@@ -286,7 +291,7 @@ class GRank(nn.Module):
         top-``k1`` valid candidates are rescored (:meth:`rerank`) and placed above the rest (float64, so that the
         offset never rounds ranker scores into ties)."""
         u = self.user_vector(q)
-        gen = torch.einsum("bd,bcd->bc", u, self.items(cand)).double().masked_fill(~valid, float("-inf"))
+        gen = self.generator_scores(u, cand, valid)
         if self.ranker is None:
             return gen
         k1 = min(self.cfg.k1, cand.shape[1])
