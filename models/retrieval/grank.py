@@ -52,11 +52,6 @@ class GRankConfig:
     weight_ntp: float = 1.0
     weight_sa: float = 1.0
     weight_ca: float = 1.0
-    #: weight of the distillation of the auxiliary tokens' target-aware scores into the served MIPS scores:
-    #: ``KL(softmax(s_sa / tau) || softmax(<u, e_c> / tau))`` over each anchor's auxiliary candidates, the teacher
-    #: detached (brief §2.3: "the target awareness is distilled into a MIPS-compatible user vector"; the paper
-    #: names only the three InfoNCE losses, so this term is the project's). 0: off; needs ``aux``.
-    weight_distill: float = 0.0
     n_sub: int = 32  # candidates (target included) per anchor for the auxiliary tokens and the ranker
     hard_share: float = 0.5
     #: generator top-k1 that the ranker rescores at inference (ordered by ``fusion``, placed above the rest).
@@ -89,9 +84,6 @@ class GRankConfig:
             raise ValueError(f"fusion (the ranker's weight) must lie in [0, 1], got {self.fusion}")
         if self.fusion_pop < 0:
             raise ValueError(f"fusion_pop must be >= 0, got {self.fusion_pop}")
-        if self.weight_distill < 0 or (self.weight_distill > 0 and not self.aux):
-            raise ValueError(f"weight_distill must be >= 0 and needs the auxiliary tokens (aux=True), got "
-                             f"weight_distill={self.weight_distill}, aux={self.aux}")
 
 
 def standardise_rows(x: Tensor, valid: Tensor) -> Tensor:
@@ -160,16 +152,6 @@ def info_nce(scores: Tensor, valid: Tensor, temperature: float) -> Tensor:
     """Mean InfoNCE of ``scores [B, C]`` with the positive in column 0; invalid columns are excluded."""
     logits = (scores.float() / temperature).masked_fill(~valid, float("-inf"))
     return -(logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()
-
-
-def distillation_kl(teacher: Tensor, student: Tensor, valid: Tensor, temperature: float) -> Tensor:
-    """Mean ``KL(softmax(teacher / T) || softmax(student / T))`` over the ``valid`` columns of ``[B, C]`` scores;
-    the teacher is detached, so only the student learns."""
-    t = (teacher.detach().float() / temperature).masked_fill(~valid, float("-inf"))
-    s = (student.float() / temperature).masked_fill(~valid, float("-inf"))
-    p = torch.softmax(t, dim=1)
-    log_ratio = torch.where(valid, torch.log_softmax(t, dim=1) - torch.log_softmax(s, dim=1), torch.zeros_like(t))
-    return (p * log_ratio).sum(1).mean()
 
 
 class CrossAttentionRanker(nn.Module):
@@ -352,12 +334,8 @@ class GRank(nn.Module):
             sub_cand, sub_valid = cand.gather(1, sub), valid.gather(1, sub)
             sub_e = e.gather(1, sub[..., None].expand(-1, -1, e.shape[-1]))
             if self.aux_mlp is not None:
-                sa = self._auxiliary(sub_e, cache, seq_valid)
-                out["sa"] = info_nce(sa, sub_valid, self.cfg.temperature)
+                out["sa"] = info_nce(self._auxiliary(sub_e, cache, seq_valid), sub_valid, self.cfg.temperature)
                 total = total + self.cfg.weight_sa * out["sa"]
-                if self.cfg.weight_distill > 0:
-                    out["distill"] = distillation_kl(sa, ntp.gather(1, sub), sub_valid, self.cfg.temperature)
-                    total = total + self.cfg.weight_distill * out["distill"]
             if self.ranker is not None:
                 pop = cand_pop.gather(1, sub) if cand_pop is not None else None
                 out["ca"] = info_nce(self.rank(q, u, sub_cand, sub_e, pop), sub_valid, 1.0)
@@ -382,5 +360,5 @@ class GRank(nn.Module):
         return torch.cat([zero, hard, rest], dim=1)
 
 
-__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "distillation_kl", "fit_fusion_weights", "fuse_scores",
-           "fusion_features", "info_nce", "standardise_rows"]
+__all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "fit_fusion_weights", "fuse_scores", "fusion_features",
+           "info_nce", "standardise_rows"]

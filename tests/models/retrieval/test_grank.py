@@ -11,7 +11,6 @@ import torch
 from models.retrieval.grank import (
     GRank,
     GRankConfig,
-    distillation_kl,
     fit_fusion_weights,
     fuse_scores,
     fusion_features,
@@ -304,40 +303,6 @@ def test_info_nce_ignores_invalid_columns():
     second = torch.log_softmax(torch.tensor([0.0, 1.0, 1.0]), 0)[0]
     expect = -(first + second) / 2
     torch.testing.assert_close(info_nce(s, valid, 1.0), expect)
-
-
-def test_distillation_kl_is_zero_at_the_teacher_ignores_invalid_columns_and_trains_only_the_student():
-    teacher = torch.tensor([[2.0, 1.0, 0.0, 50.0]], requires_grad=True)
-    valid = torch.tensor([[True, True, True, False]])
-    assert distillation_kl(teacher, teacher.detach().clone(), valid, 1.0).abs() < 1e-6
-    student = torch.tensor([[0.0, 1.0, 2.0, -7.0]], requires_grad=True)
-    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), 0)
-    expect = (p * (p.log() - torch.log_softmax(torch.tensor([0.0, 1.0, 2.0]), 0))).sum()
-    kl = distillation_kl(teacher, student, valid, 1.0)
-    torch.testing.assert_close(kl, expect)
-    kl.backward()
-    assert teacher.grad is None  # the teacher is detached
-    assert torch.isfinite(student.grad).all() and student.grad[0, 3] == 0 and student.grad[0, :3].abs().sum() > 0
-    other = student.detach().clone()
-    other[0, 3] = 1e4  # an invalid column's value changes nothing
-    torch.testing.assert_close(distillation_kl(teacher, other, valid, 1.0), expect)
-
-
-def test_the_distillation_term_moves_the_generator_towards_the_auxiliary_scores_only():
-    q = _query()
-    cand = torch.randint(1, SIZES.n_items, (3, 9), generator=torch.Generator().manual_seed(1))
-    valid = torch.ones(3, 9, dtype=torch.bool)
-    assert "distill" not in _model().losses(q, cand, valid)
-    m = _model(weight_distill=1.0, weight_ntp=0.0, weight_sa=0.0, weight_ca=0.0)
-    out = m.losses(q, cand, valid)
-    assert out["distill"] > 0
-    torch.testing.assert_close(out["loss"], out["distill"])
-    out["loss"].backward()
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.aux_mlp.parameters())  # teacher detached
-    assert m.aux_proj.weight.grad is None or m.aux_proj.weight.grad.abs().sum() == 0
-    assert m.user_proj.weight.grad.abs().sum() > 0  # the served user vector learns
-    with pytest.raises(ValueError, match="weight_distill"):
-        GRankConfig(aux=False, weight_distill=0.5)
 
 
 def test_subset_keeps_the_target_first_then_the_hardest_valid_negatives_without_repeats():
