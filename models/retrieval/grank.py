@@ -52,6 +52,10 @@ class GRankConfig:
     weight_ntp: float = 1.0
     weight_sa: float = 1.0
     weight_ca: float = 1.0
+    #: whether the SA-info loss (auxiliary tokens) also trains the shared item vectors; False: the auxiliary tokens
+    #: read detached item vectors, so that loss shapes only the transformer that the query token shares (brief
+    #: §2.3: "the layers are shared, so this target-conditioned task shapes the history representations that U reads")
+    sa_updates_items: bool = True
     n_sub: int = 32  # candidates (target included) per anchor for the auxiliary tokens and the ranker
     hard_share: float = 0.5
     #: generator top-k1 that the ranker rescores at inference (ordered by ``fusion``, placed above the rest).
@@ -334,7 +338,8 @@ class GRank(nn.Module):
             sub_cand, sub_valid = cand.gather(1, sub), valid.gather(1, sub)
             sub_e = e.gather(1, sub[..., None].expand(-1, -1, e.shape[-1]))
             if self.aux_mlp is not None:
-                out["sa"] = info_nce(self._auxiliary(sub_e, cache, seq_valid), sub_valid, self.cfg.temperature)
+                aux_e = sub_e if self.cfg.sa_updates_items else sub_e.detach()
+                out["sa"] = info_nce(self._auxiliary(aux_e, cache, seq_valid), sub_valid, self.cfg.temperature)
                 total = total + self.cfg.weight_sa * out["sa"]
             if self.ranker is not None:
                 pop = cand_pop.gather(1, sub) if cand_pop is not None else None

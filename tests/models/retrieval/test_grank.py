@@ -3,6 +3,7 @@ the final score ordering, the variants and the baselines' contracts."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -303,6 +304,21 @@ def test_info_nce_ignores_invalid_columns():
     second = torch.log_softmax(torch.tensor([0.0, 1.0, 1.0]), 0)[0]
     expect = -(first + second) / 2
     torch.testing.assert_close(info_nce(s, valid, 1.0), expect)
+
+
+@pytest.mark.parametrize("updates_items", [True, False])
+def test_sa_updates_items_decides_whether_the_auxiliary_loss_trains_the_candidates_item_vectors(updates_items: bool):
+    m = _model(sa_updates_items=updates_items, weight_ntp=0.0, weight_ca=0.0)
+    q = _query(b=1, long_len=4)
+    q = dataclasses.replace(q, behaviour=torch.zeros_like(q.behaviour))  # padding: the query reads the history only
+    read = set(m.items.item_streamer_row[torch.cat([q.hist.flatten(), q.behaviour.flatten()])].tolist())
+    only_cand = [i for i in range(1, SIZES.n_items) if int(m.items.item_streamer_row[i]) not in read]
+    assert len(only_cand) >= 2, "the test needs items whose streamer no query reads"
+    cand = torch.tensor([only_cand[:2]])
+    m.losses(q, cand, torch.ones_like(cand, dtype=torch.bool))["loss"].backward()
+    grad = m.items.streamer.weight.grad[m.items.item_streamer_row[cand[0]]]
+    assert (grad.abs().sum() > 0) == updates_items
+    assert m.layers[0].qkv.weight.grad.abs().sum() > 0  # either way the loss shapes the shared transformer
 
 
 def test_subset_keeps_the_target_first_then_the_hardest_valid_negatives_without_repeats():
