@@ -152,6 +152,12 @@ def fit_fusion_weights(features: Tensor, valid: Tensor, target: Tensor, init: Te
     return w.detach().float()
 
 
+def mips_scores(user: Tensor, item_vectors: Tensor, valid: Tensor) -> Tensor:
+    """The inner products ``<u, e_c>`` ``[B, C]`` of user vectors ``[B, d]`` with candidate vectors ``[B, C, d]``, in
+    float64 (so that later offsets never round scores into ties), -inf where ``valid [B, C]`` is False."""
+    return torch.einsum("bd,bcd->bc", user, item_vectors).double().masked_fill(~valid, float("-inf"))
+
+
 def info_nce(scores: Tensor, valid: Tensor, temperature: float) -> Tensor:
     """Mean InfoNCE of ``scores [B, C]`` with the positive in column 0; invalid columns are excluded."""
     logits = (scores.float() / temperature).masked_fill(~valid, float("-inf"))
@@ -269,7 +275,7 @@ class GRank(nn.Module):
     def generator_scores(self, user: Tensor, cand: Tensor, valid: Tensor) -> Tensor:
         """The MIPS scores ``<u, e_c>`` ``[B, C]`` of candidate rows for user vectors ``[B, d]`` (float64, -inf where
         ``valid`` is False)."""
-        return torch.einsum("bd,bcd->bc", user, self.items(cand)).double().masked_fill(~valid, float("-inf"))
+        return mips_scores(user, self.item_vectors(cand), valid)
 
     def item_vectors(self, rows: Tensor) -> Tensor:
         """Item vectors ``[..., d]`` for MIPS (the same vectors the NTP loss scores)."""
@@ -366,4 +372,4 @@ class GRank(nn.Module):
 
 
 __all__ = ["CrossAttentionRanker", "GRank", "GRankConfig", "fit_fusion_weights", "fuse_scores", "fusion_features",
-           "info_nce", "standardise_rows"]
+           "info_nce", "mips_scores", "standardise_rows"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.retrieval.grank import info_nce
+from models.retrieval.grank import info_nce, mips_scores
 from models.retrieval.inputs import CatalogSizes, QueryBatch
 from models.retrieval.layers import ItemEncoder
 
@@ -66,9 +66,7 @@ class TwoTower(nn.Module):
     @torch.no_grad()
     def scores(self, q: QueryBatch, cand: Tensor, valid: Tensor, cand_pop: Tensor | None = None) -> Tensor:
         """MIPS scores (``cand_pop`` is accepted for a common signature and unused: a tower has no ranker)."""
-        u = self.user_vector(q)
-        s = torch.einsum("bd,bcd->bc", u, self.item_vectors(cand)).double()
-        return s.masked_fill(~valid, float("-inf"))
+        return mips_scores(self.user_vector(q), self.item_vectors(cand), valid)
 
     def losses(self, q: QueryBatch, cand: Tensor, valid: Tensor, cand_pop: Tensor | None = None
                ) -> dict[str, Tensor]:
